@@ -1,0 +1,136 @@
+"""The ``labtool`` command line: docker-style commands over the runtime and the stores.
+
+    labtool run [--rm] [--upto STEP] [--explain] [--hostname NAME] IMAGE [CMD...]
+    labtool images
+    labtool reset [--all]
+    labtool notebooks --student DIR
+
+Errors a user can fix print one line, ``labtool: ...``, and exit 125 (as docker does);
+the container's own exit code is passed through otherwise.
+"""
+
+import argparse
+import os
+import sys
+
+from labtool.errors import LabtoolError, NeedsRoot, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line and exit 125, like docker."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _parser():
+    p = _Parser(prog="labtool", description="Docker under the hood: a small, real container runtime.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run a command in a new container", add_help=False)
+    run.add_argument("--help", action="help", help="show this help and exit")
+    run.add_argument("--rm", action="store_true", help="remove the container when it exits")
+    run.add_argument("--upto", default="full", metavar="STEP",
+                     help="only the steps up to STEP: chroot, namespaces, ..., full (the default)")
+    run.add_argument("--explain", action="store_true", help="narrate every kernel action on stderr")
+    run.add_argument("--hostname", "-h", default="", help="the container's hostname (needs a UTS namespace)")
+    run.add_argument("--name", default="", help="a name for the container")
+    run.add_argument("--env", "-e", action="append", default=[], metavar="KEY=VALUE",
+                     help="set an environment variable")
+    run.add_argument("--workdir", "-w", default="/", help="working directory inside the container")
+    run.add_argument("image")
+    run.add_argument("args", nargs=argparse.REMAINDER, metavar="CMD")
+
+    sub.add_parser("images", help="list images")
+
+    reset = sub.add_parser("reset", help="remove every container and host object labtool made")
+    reset.add_argument("--all", action="store_true", help="remove the images too")
+
+    nb = sub.add_parser("notebooks", help="write learner copies of the notebooks")
+    nb.add_argument("--student", required=True, metavar="DIR",
+                    help="write copies with the solutions replaced by their TODO into DIR")
+    nb.add_argument("--source", default=None, metavar="DIR", help="notebooks to copy (default: the lab's)")
+    return p
+
+
+def _needs_root(what):
+    if os.geteuid() != 0:
+        raise NeedsRoot(what)
+
+
+def cmd_run(a):
+    from labtool import runtime
+    from labtool.spec import ContainerSpec, Process
+
+    _needs_root("labtool run")
+    env = [e if "=" in e else f"{e}={os.environ.get(e, '')}" for e in a.env]
+    process = Process(args=a.args, cwd=a.workdir)
+    process.env += env
+    spec = ContainerSpec(image=a.image, process=process, name=a.name, hostname=a.hostname,
+                         upto=a.upto, explain=a.explain, remove=a.rm)
+    return runtime.run(spec)
+
+
+def cmd_images(a):
+    from labtool.images import store
+
+    rows = []
+    for ref, descriptor in store.list_images():
+        image = store.find(ref)
+        repo, _, tag = ref.rpartition(":")
+        size = sum(layer["size"] for layer in _manifest(store, descriptor)["layers"])
+        rows.append((repo, tag, image.id.split(":")[1][:12], image.config.get("created", ""), _human(size)))
+    print(f"{'REPOSITORY':<20}{'TAG':<10}{'IMAGE ID':<15}{'CREATED':<23}SIZE")
+    for repo, tag, image_id, created, size in rows:
+        print(f"{repo:<20}{tag:<10}{image_id:<15}{created:<23}{size}")
+    return 0
+
+
+def _manifest(store, descriptor):
+    import json
+
+    return json.loads(store.read_blob(descriptor["digest"]))
+
+
+def _human(n):
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.3g}{unit}"
+        n /= 1000
+
+
+def cmd_reset(a):
+    from labtool import reset
+
+    _needs_root("labtool reset")
+    for line in reset.reset(images=a.all):
+        print(line)
+    return 0
+
+
+def cmd_notebooks(a):
+    from labtool import notebooks
+
+    for path in notebooks.write_student_copies(a.student, a.source):
+        print(path)
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "images": cmd_images, "reset": cmd_reset, "notebooks": cmd_notebooks}
+
+
+def main(argv=None):
+    try:
+        a = _parser().parse_args(argv)
+        if not a.command:
+            _parser().print_help()
+            return 0
+        return COMMANDS[a.command](a)
+    except LabtoolError as e:
+        print(f"labtool: {e}", file=sys.stderr)
+        return e.exit_code
+    except OSError as e:      # a system call failed: say which, without a traceback
+        print(f"labtool: {e}", file=sys.stderr)
+        return 125
+    except KeyboardInterrupt:
+        return 130

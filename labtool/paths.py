@@ -1,0 +1,38 @@
+"""Where labtool keeps its state: plain files and directories, nothing else.
+
+    /var/lib/labtool/images      the image store (an OCI image layout)
+    /var/lib/labtool/layers      each image layer unpacked once, read by containers
+    /var/lib/labtool/containers  one directory per container: config, state, rootfs, logs
+    /run/labtool                 runtime state that must vanish at reboot (locks, pids)
+
+``LABTOOL_ROOT=/some/dir`` moves all of it under ``/some/dir/lib`` and ``/some/dir/run``,
+so the tests can work in a temporary root and leave the real one alone.
+"""
+
+import os
+
+
+def lib_dir():
+    root = os.environ.get("LABTOOL_ROOT")
+    return os.path.join(root, "lib") if root else "/var/lib/labtool"
+
+
+def run_dir():
+    root = os.environ.get("LABTOOL_ROOT")
+    return os.path.join(root, "run") if root else "/run/labtool"
+
+
+def images_dir():
+    return os.path.join(lib_dir(), "images")
+
+
+def layers_dir():
+    return os.path.join(lib_dir(), "layers")
+
+
+def containers_dir():
+    return os.path.join(lib_dir(), "containers")
+
+
+def container_dir(container_id):
+    return os.path.join(containers_dir(), container_id)

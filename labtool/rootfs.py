@@ -1,0 +1,214 @@
+"""Step 01: a root filesystem of its own (man 2 chroot, man 2 pivot_root).
+
+A container's files are a directory on the host: the image's layers, copied (this
+step) or stacked with overlayfs (step 04). The process must see that directory as ``/``.
+
+chroot(2) (Unix V7, 1979) changes what "/" means for one process, and nothing else. It
+is not a security boundary: a root process inside can chroot again into a subdirectory,
+keep its working directory outside that new root, walk up with "..", and be on the host
+(``escape`` below shows it). Processes, network and hostname are the host's as well.
+
+pivot_root(2) instead changes the root *mount* of a mount namespace: the old root is
+moved away and then detached, so there is nothing left to walk up to. Docker (runc)
+uses pivot_root; it needs a new mount namespace (step 02) so the host keeps its root.
+"""
+
+import os
+import shutil
+
+from labtool import explain, mounts, syscalls
+
+
+def copy_layers(layers, target):
+    """The "vfs" storage driver: a full private copy of the image's layers, lowest first.
+
+    Simple and slow: every container costs the whole image in disk and time. Step 04
+    replaces this with overlayfs, where containers share the image's layers.
+    """
+    os.makedirs(target, exist_ok=True)
+    for layer in layers:
+        shutil.copytree(layer, target, symlinks=True, dirs_exist_ok=True)
+
+
+def chroot(new_root):
+    explain.say("chroot", f"chroot({new_root!r})", "the process now sees this directory as /")
+    os.chroot(new_root)
+    os.chdir("/")
+
+
+def escape():
+    """Try to break out of a chroot, as a root process inside it would.
+
+    1. mkdir a directory and chroot into it, but do NOT chdir: our working directory
+       is now outside our root, where the kernel's ".." check never stops us;
+    2. chdir("..") many times: from outside the root, ".." climbs up to the real "/";
+    3. chroot(".") there: the host's root is ours again.
+
+    After a pivot_root in a new mount namespace the same moves stay inside: the
+    container's root is the top of that mount tree, so ".." stops there.
+    """
+    os.makedirs("/.escape", exist_ok=True)
+    os.chroot("/.escape")
+    for _ in range(64):
+        os.chdir("..")
+    os.chroot(".")
+    os.chdir("/")
+
+
+def pivot_root(new_root):
+    """Make ``new_root`` the root of the current (new!) mount namespace, for good.
+
+    1. make every mount private, recursively: on systemd hosts "/" is shared, and what
+       we do next would propagate to the host (pivot_root refuses with EINVAL then);
+    2. bind ``new_root`` onto itself: pivot_root needs a mount point (else EBUSY);
+    3. pivot_root(".", "."): the new root goes in, the old root lands on top of it;
+    4. umount2(".", MNT_DETACH): detach the old root; the host's files are gone from view.
+    """
+    explain.say("chroot", 'mount("/", MS_REC|MS_PRIVATE)', "our mounts must not propagate to the host")
+    syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
+    explain.say("chroot", f"mount({new_root!r}, MS_BIND|MS_REC)", "pivot_root needs the new root to be a mount point")
+    syscalls.mount(new_root, new_root, None, syscalls.MS_BIND | syscalls.MS_REC)
+    os.chdir(new_root)
+    explain.say("chroot", 'pivot_root(".", ".")', "the rootfs becomes / of this mount namespace")
+    syscalls.pivot_root(".", ".")
+    explain.say("chroot", 'umount2(".", MNT_DETACH)', "detach the old root: no way back to the host's files")
+    syscalls.umount2(".", syscalls.MNT_DETACH)
+    os.chdir("/")
+
+
+# The small /dev a container gets: a tmpfs with these character devices (man 4 null,
+# man 4 random, man 4 tty), not the host's /dev with its disks. (name, major, minor)
+DEVICES = [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
+           ("urandom", 1, 9), ("tty", 5, 0)]
+DEV_LINKS = [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+             ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx")]
+NOSUID_NODEV_NOEXEC = syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC
+
+
+def _mount(source, target, fstype, flags, data, why):
+    explain.say("chroot", f"mount {fstype or source} on {target}", why)
+    os.makedirs(target, exist_ok=True)
+    syscalls.mount(source, target, fstype, flags, data)
+
+
+def mount_kernel_filesystems(c):
+    """Mount /proc, /sys, /dev and friends into the rootfs, from inside the new namespaces.
+
+    /proc is mounted by the child itself, so it shows the child's PID namespace;
+    /sys is read-only so the container cannot reconfigure the host's devices through it.
+    """
+    root = c.rootfs
+    _mount("proc", f"{root}/proc", "proc", NOSUID_NODEV_NOEXEC, None,
+           "processes of this PID namespace only")
+    _mount("sysfs", f"{root}/sys", "sysfs", NOSUID_NODEV_NOEXEC | syscalls.MS_RDONLY, None,
+           "read-only: no writing to the host's kernel settings")
+    _mount("tmpfs", f"{root}/dev", "tmpfs", syscalls.MS_NOSUID | syscalls.MS_STRICTATIME, "mode=755,size=65536k",
+           "an empty /dev of its own, not the host's disks")
+    for name, major, minor in DEVICES:
+        explain.say("chroot", f"mknod /dev/{name} c {major} {minor}")
+        os.mknod(f"{root}/dev/{name}", 0o666 | 0o020000, os.makedev(major, minor))
+        os.chmod(f"{root}/dev/{name}", 0o666)
+    for name, target in DEV_LINKS:
+        os.symlink(target, f"{root}/dev/{name}")
+    _mount("devpts", f"{root}/dev/pts", "devpts", syscalls.MS_NOSUID | syscalls.MS_NOEXEC,
+           "newinstance,ptmxmode=0666,mode=0620,gid=5", "its own pseudo-terminals")
+    _mount("shm", f"{root}/dev/shm", "tmpfs", NOSUID_NODEV_NOEXEC, "mode=1777,size=65536k",
+           "POSIX shared memory, private to the container")
+    if "ipc" in c.namespaces:
+        _mount("mqueue", f"{root}/dev/mqueue", "mqueue", NOSUID_NODEV_NOEXEC, None,
+               "POSIX message queues of this IPC namespace")
+    for name in ("hostname", "hosts", "resolv.conf"):
+        source = os.path.join(c.dir, name)
+        if os.path.exists(source):
+            target = f"{root}/etc/{name}"
+            if not os.path.exists(target):
+                open(target, "a").close()
+            explain.say("chroot", f"mount --bind {source} /etc/{name}", "a file labtool wrote for this container")
+            syscalls.mount(source, target, None, syscalls.MS_BIND)
+
+
+def write_etc_files(c):
+    """Write the container's /etc/hostname, /etc/hosts and /etc/resolv.conf (host side)."""
+    with open(os.path.join(c.dir, "hostname"), "w") as f:
+        f.write(c.hostname + "\n")
+    with open(os.path.join(c.dir, "hosts"), "w") as f:
+        f.write("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+                f"127.0.1.1\t{c.hostname}\n")
+    try:
+        with open("/etc/resolv.conf") as f:
+            # a nameserver on the host's loopback is not reachable from the container's
+            lines = [line for line in f if not line.startswith("nameserver 127.")]
+    except OSError:
+        lines = []
+    with open(os.path.join(c.dir, "resolv.conf"), "w") as f:
+        f.writelines(lines)
+
+
+# --- the step, as runtime.py calls it ----------------------------------------------------
+
+def prepare(c):
+    """Host side: give the container its own copy of the image's files."""
+    explain.say("chroot", f"copy {len(c.image.layers)} layer(s) -> {c.rootfs}", "vfs driver: a private copy of the image")
+    copy_layers(c.image.layers, c.rootfs)
+    if "mnt" in c.namespaces:
+        write_etc_files(c)
+    else:
+        # Without a mount namespace a /proc mounted for the container is a host mount:
+        # mount it from here and take it down in teardown. It shows the *host's*
+        # processes, which is exactly the lesson of notebook 01.
+        proc = os.path.join(c.rootfs, "proc")
+        explain.say("chroot", f"mount proc on {proc}", "a host mount: no mount namespace yet")
+        syscalls.mount("proc", proc, "proc", syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC)
+
+
+def in_child(c):
+    """Inside the child: switch to the container's root filesystem."""
+    if "mnt" in c.namespaces:
+        mount_kernel_filesystems(c)
+        pivot_root(c.rootfs)
+    else:
+        chroot(c.rootfs)
+
+
+def teardown(c):
+    """Host side: unmount whatever is still mounted in the container's directory."""
+    mounts.unmount_under(c.dir)
+
+
+# --- the escape demo: python -m labtool.rootfs escape ROOTFS [--pivot-root] ---------------
+
+def _escape_demo(rootfs, use_pivot_root):
+    """Enter ``rootfs`` (chroot, or pivot_root in a new mount namespace), try ``escape``.
+
+    Runs in a fresh process (never inside a Jupyter kernel). Exit 0: we got out.
+    """
+    host_root = os.stat("/")
+    pid = os.fork()
+    if pid == 0:
+        try:
+            if use_pivot_root:
+                syscalls.unshare(syscalls.CLONE_NEWNS)
+                pivot_root(rootfs)
+            else:
+                chroot(rootfs)
+            print("inside:        / holds", " ".join(sorted(os.listdir("/"))[:8]), "...", flush=True)
+            escape()
+            print("after escape:  / holds", " ".join(sorted(os.listdir("/"))[:8]), "...", flush=True)
+            out = (os.stat("/").st_dev, os.stat("/").st_ino) == (host_root.st_dev, host_root.st_ino)
+            print("ESCAPED: this is the host's / again" if out else "still inside: the escape failed", flush=True)
+            os._exit(0 if out else 1)
+        except BaseException as e:  # report, never fall back into the parent's code
+            print(f"error: {e}", flush=True)
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+if __name__ == "__main__":
+    import sys
+
+    args = sys.argv[1:]
+    if len(args) < 2 or args[0] != "escape":
+        sys.exit("usage: python -m labtool.rootfs escape ROOTFS [--pivot-root]")
+    explain.enabled = "--explain" in args
+    sys.exit(_escape_demo(os.path.abspath(args[1]), "--pivot-root" in args))

@@ -1,0 +1,34 @@
+"""The container spec: everything ``labtool run`` was asked to do, as plain dataclasses.
+
+The shape follows the OCI runtime spec (``config.json``: ``process``, ``root``,
+``hostname``, ``mounts``, ``linux.namespaces``) and Docker's ``HostConfig``, so that a
+Docker Engine API or an OCI runtime front end can fill it in later. The CLI turns flags
+into a ``ContainerSpec``; ``runtime.run(spec)`` turns it into a running process.
+"""
+
+from dataclasses import dataclass, field
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass
+class Process:
+    """What to execute inside the container (OCI: ``process``)."""
+
+    args: list                       # argv; args[0] is looked up in the container's PATH
+    env: list = field(default_factory=lambda: [f"PATH={DEFAULT_PATH}"])  # "KEY=VALUE"
+    cwd: str = "/"
+
+
+@dataclass
+class ContainerSpec:
+    """One container, as asked for on the command line."""
+
+    image: str                       # "busybox" or "busybox:latest"
+    process: Process
+    id: str = ""                     # 64 hex digits, given by the runtime
+    name: str = ""
+    hostname: str = ""               # empty: the first 12 digits of the id, as Docker does
+    upto: str = "full"               # run only the steps up to this one (see runtime.STEPS)
+    explain: bool = False            # narrate each kernel action on stderr
+    remove: bool = False             # --rm: delete the container when it exits
