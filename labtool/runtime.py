@@ -139,6 +139,7 @@ def _start_and_wait(c):
         _child(c, argv, env, errors_w)            # never returns
     os.close(errors_w)
     c.pid = pid
+    _write_json(c, "state.json", {"Status": "running", "Pid": pid, "StartedAt": time.time()})
     _forward_signals(pid)
     _, status = os.waitpid(pid, 0)
     problem = os.read(errors_r, 4096).decode()

@@ -1,0 +1,145 @@
+"""``labtool reset``: remove every container and host object labtool made.
+
+Everything labtool creates on the host is named so it can be found again (DESIGN.md):
+
+    mounts           anything mounted below the labtool root (/var/lib/labtool, /run/labtool)
+    processes        containers still running (their PID 1 is recorded in state.json)
+    cgroups          the ``labtool`` cgroup in every hierarchy, with everything under it
+    network          bridges ``lt*``, veth ``ltv*``, network namespaces ``lt-*``
+    iptables         chains named ``LABTOOL*`` and the rules that jump to them
+    state            containers and volumes (images too with ``--all``)
+
+Between two groups of learners a lecturer runs ``sudo labtool reset``.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+
+from labtool import mounts, paths
+
+
+def _kill_containers():
+    said = []
+    root = paths.containers_dir()
+    for cid in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        try:
+            with open(os.path.join(root, cid, "state.json")) as f:
+                pid = json.load(f).get("Pid") or 0
+        except (OSError, ValueError):
+            continue
+        if pid > 0:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                said.append(f"killed container {cid[:12]} (pid {pid})")
+            except ProcessLookupError:
+                pass
+    return said
+
+
+def _cgroup_roots():
+    """Every mounted cgroup hierarchy's ``labtool`` directory."""
+    for m in mounts.mountinfo():
+        if m["fstype"] in ("cgroup", "cgroup2"):
+            path = os.path.join(m["mountpoint"], "labtool")
+            if os.path.isdir(path):
+                yield path
+
+
+def _remove_cgroup_tree(top):
+    """rmdir a cgroup tree bottom-up, after killing whatever still runs in it."""
+    for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda w: -w[0].count("/")):
+        try:
+            with open(os.path.join(dirpath, "cgroup.procs")) as f:
+                for pid in f.read().split():
+                    try:
+                        os.kill(int(pid), signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+        except OSError:
+            pass
+        try:
+            os.rmdir(dirpath)
+        except OSError:
+            pass
+
+
+def _links():
+    return [name for name in os.listdir("/sys/class/net") if name.startswith("lt")]
+
+
+def _remove_links(names):
+    from pyroute2 import IPRoute  # imported only when there is something to remove
+
+    with IPRoute() as ipr:
+        for name in names:
+            for index in ipr.link_lookup(ifname=name):
+                ipr.link("del", index=index)
+
+
+def _netns():
+    return [n for n in os.listdir("/run/netns") if n.startswith("lt-")] if os.path.isdir("/run/netns") else []
+
+
+def _remove_netns(name):
+    path = os.path.join("/run/netns", name)
+    mounts.unmount_under(path)
+    os.unlink(path)
+
+
+def _iptables_chains():
+    """(table, chain) for every LABTOOL* chain, in the iptables on PATH."""
+    if not shutil.which("iptables"):
+        return []
+    found = []
+    for table in ("filter", "nat"):
+        out = subprocess.run(["iptables", "-w", "-t", table, "-S"], capture_output=True, text=True).stdout
+        found += [(table, line.split()[1]) for line in out.splitlines()
+                  if line.startswith("-N LABTOOL")]
+    return found
+
+
+def _remove_iptables_chain(table, chain):
+    out = subprocess.run(["iptables", "-w", "-t", table, "-S"], capture_output=True, text=True).stdout
+    for line in out.splitlines():          # first the rules that jump to it, in any chain
+        parts = line.split()
+        if parts[:1] == ["-A"] and f"-j {chain}" in line:
+            subprocess.run(["iptables", "-w", "-t", table, "-D", *parts[1:]], check=False)
+    subprocess.run(["iptables", "-w", "-t", table, "-F", chain], check=False)
+    subprocess.run(["iptables", "-w", "-t", table, "-X", chain], check=False)
+
+
+def reset(images=False):
+    """Remove everything; return one line per thing removed."""
+    said = _kill_containers()
+    for top in (paths.lib_dir(), paths.run_dir()):
+        if os.path.isdir(top):
+            n = mounts.unmount_under(top)
+            if n:
+                said.append(f"unmounted {n} mount(s) under {top}")
+    for top in _cgroup_roots():
+        _remove_cgroup_tree(top)
+        said.append(f"removed cgroup {top}")
+    for name in _netns():
+        _remove_netns(name)
+        said.append(f"removed network namespace {name}")
+    links = _links()
+    if links:
+        _remove_links(links)
+        said.append(f"removed links {' '.join(links)}")
+    for table, chain in _iptables_chains():
+        _remove_iptables_chain(table, chain)
+        said.append(f"removed iptables chain {chain} ({table})")
+    doomed = [paths.containers_dir(), os.path.join(paths.lib_dir(), "volumes"), paths.run_dir()]
+    if images:
+        doomed += [paths.images_dir(), paths.layers_dir()]
+    for path in doomed:
+        if os.path.isdir(path):
+            if mounts.mounts_under(path):
+                said.append(f"kept {path}: something is still mounted in it")
+                continue
+            shutil.rmtree(path)
+            said.append(f"removed {path}")
+    return said or ["nothing to remove"]

@@ -1,0 +1,114 @@
+"""The CLI as a user meets it: exit codes, one-line errors, state left behind."""
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def one_clean_line(p):
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("labtool: "), p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_output_and_exit_code_come_back(run):
+    p = run("run", "--rm", "busybox", "sh", "-c", "echo out; echo err >&2; exit 3")
+    assert (p.stdout, p.stderr, p.returncode) == ("out\n", "err\n", 3)
+
+
+def test_env_and_workdir(run):
+    p = run("run", "--rm", "-e", "GREETING=hello", "-w", "/tmp", "busybox", "sh", "-c", "echo $GREETING; pwd")
+    assert p.stdout.split() == ["hello", "/tmp"]
+
+
+def test_image_cmd_is_the_default_command(run):
+    p = run("run", "--rm", "busybox", input="echo from-sh\n")
+    assert p.stdout == "from-sh\n"
+
+
+def test_unknown_image(run):
+    p = run("run", "--rm", "nosuch", "true")
+    assert p.returncode == 125
+    assert p.stderr == "labtool: Unable to find image 'nosuch:latest' locally\n"
+
+
+def test_command_not_found_is_127(run):
+    p = run("run", "--rm", "busybox", "nosuch")
+    assert p.returncode == 127
+    one_clean_line(p)
+    assert 'exec: "nosuch": executable file not found in $PATH' in p.stderr
+
+
+def test_command_not_executable_is_126(run):
+    p = run("run", "--rm", "busybox", "/etc/passwd")
+    assert p.returncode == 126
+    one_clean_line(p)
+
+
+def test_killed_by_a_signal_is_128_plus_the_signal(run):
+    # without a PID namespace the shell is not PID 1, so SIGKILL to itself works
+    p = run("run", "--rm", "--upto", "chroot", "busybox", "sh", "-c", "kill -9 $$")
+    assert p.returncode == 137
+
+
+def test_bad_flags_and_values_are_one_line_and_125(run):
+    for args in (["run", "--bogus", "busybox"], ["run"], ["run", "--upto", "nosuch", "busybox", "true"],
+                 ["nosuchcommand"]):
+        p = run(*args)
+        assert p.returncode == 125, args
+        one_clean_line(p)
+
+
+def test_a_step_not_built_yet_says_so(run):
+    p = run("run", "--rm", "--upto", "capabilities", "busybox", "true")
+    assert p.returncode == 125
+    assert "not built yet" in p.stderr
+
+
+def test_rm_leaves_nothing_and_without_rm_the_state_stays(run, labtool_root):
+    containers = os.path.join(labtool_root, "lib", "containers")
+    before = set(os.listdir(containers)) if os.path.isdir(containers) else set()
+    assert run("run", "--rm", "busybox", "true").returncode == 0
+    assert set(os.listdir(containers)) == before
+    assert run("run", "busybox", "sh", "-c", "exit 4").returncode == 4
+    (new,) = set(os.listdir(containers)) - before
+    with open(os.path.join(containers, new, "state.json")) as f:
+        assert json.load(f)["ExitCode"] == 4
+
+
+def test_a_failed_start_leaves_no_container(run, labtool_root):
+    containers = os.path.join(labtool_root, "lib", "containers")
+    before = set(os.listdir(containers)) if os.path.isdir(containers) else set()
+    assert run("run", "busybox", "nosuch").returncode == 127
+    assert set(os.listdir(containers)) == before
+
+
+def test_without_root_one_clear_line():
+    p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                        sys.executable, "-m", "labtool", "run", "busybox", "true"],
+                       capture_output=True, text=True, cwd=REPO)
+    assert p.returncode == 125
+    one_clean_line(p)
+    assert "needs root" in p.stderr
+
+
+def test_images_lists_busybox(run):
+    run("run", "--rm", "busybox", "true")
+    p = run("images")
+    assert p.returncode == 0
+    assert p.stdout.splitlines()[0].split()[:3] == ["REPOSITORY", "TAG", "IMAGE"]
+    assert any(line.split()[:2] == ["busybox", "latest"] for line in p.stdout.splitlines())
+
+
+def test_busybox_is_made_on_first_use_like_a_pull(tmp_path):
+    env = dict(os.environ, LABTOOL_ROOT=str(tmp_path))
+    p = subprocess.run([sys.executable, "-m", "labtool", "run", "--rm", "busybox", "echo", "made"],
+                       capture_output=True, text=True, cwd=REPO, env=env)
+    assert p.returncode == 0
+    assert p.stderr.startswith("Unable to find image 'busybox:latest' locally")
+    assert p.stdout == "made\n"
+    index = json.load(open(tmp_path / "lib" / "images" / "index.json"))
+    assert index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"] == "busybox:latest"

@@ -1,0 +1,41 @@
+"""``labtool reset`` and the host-state guard the whole suite relies on."""
+
+import os
+import subprocess
+import sys
+
+from conftest import REPO, host_state, host_state_diff
+from labtool import syscalls
+
+
+def test_guard_sees_a_leftover_mount_and_reset_removes_it(tmp_path):
+    root = tmp_path / "root"
+    env = dict(os.environ, LABTOOL_ROOT=str(root))
+    leftover = root / "lib" / "containers" / "x" / "proc"
+    leftover.mkdir(parents=True)
+    before = host_state()
+    syscalls.mount("proc", str(leftover), "proc")            # what a crashed run could leave
+    try:
+        problems = host_state_diff(before, host_state())
+        assert problems and "mounts changed" in problems[0] and str(leftover) in problems[0]
+    finally:
+        p = subprocess.run([sys.executable, "-m", "labtool", "reset"], capture_output=True, text=True,
+                           cwd=REPO, env=env)
+    assert "unmounted 1 mount(s)" in p.stdout
+    assert not (root / "lib" / "containers").exists()
+    assert host_state_diff(before, host_state()) == []
+
+
+def test_reset_on_a_clean_root_removes_nothing(tmp_path):
+    env = dict(os.environ, LABTOOL_ROOT=str(tmp_path))
+    p = subprocess.run([sys.executable, "-m", "labtool", "reset"], capture_output=True, text=True,
+                       cwd=REPO, env=env)
+    assert p.returncode == 0 and p.stdout == "nothing to remove\n"
+
+
+def test_guard_sees_a_changed_hostname_and_a_stray_process():
+    before = {"hostname": "a", "processes": {(1, "init")}}
+    after = {"hostname": "b", "processes": {(1, "init"), (42, "python -m labtool run")}}
+    problems = host_state_diff(before, after)
+    assert any("hostname" in p for p in problems)
+    assert any("42" in p for p in problems)
