@@ -55,18 +55,24 @@ def escape():
     os.chdir("/")
 
 
-def pivot_root(new_root):
-    """Make ``new_root`` the root of the current (new!) mount namespace, for good.
+def make_mounts_private():
+    """Stop mount propagation between this new mount namespace and the host.
 
-    1. make every mount private, recursively: on systemd hosts "/" is shared, and what
-       we do next would propagate to the host (pivot_root refuses with EINVAL then);
-    2. bind ``new_root`` onto itself: pivot_root needs a mount point (else EBUSY);
-    3. pivot_root(".", "."): the new root goes in, the old root lands on top of it;
-    4. umount2(".", MNT_DETACH): detach the old root; the host's files are gone from view.
+    On systemd hosts "/" is a shared mount: without this, every mount we make next would
+    appear on the host too, and pivot_root would refuse with EINVAL.
     """
     explain.say("chroot", 'mount("/", MS_REC|MS_PRIVATE)', "our mounts must not propagate to the host")
     syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
-    explain.say("chroot", f"mount({new_root!r}, MS_BIND|MS_REC)", "pivot_root needs the new root to be a mount point")
+
+
+def pivot_root(new_root):
+    """Make ``new_root`` the root of the current (new, private) mount namespace, for good.
+
+    1. bind ``new_root`` onto itself: pivot_root needs a mount point (else EBUSY);
+    2. pivot_root(".", "."): the new root goes in, the old root lands on top of it;
+    3. umount2(".", MNT_DETACH): detach the old root; the host's files are gone from view.
+    """
+    explain.say("chroot", "mount --bind <rootfs> <rootfs>", "pivot_root needs the new root to be a mount point")
     syscalls.mount(new_root, new_root, None, syscalls.MS_BIND | syscalls.MS_REC)
     os.chdir(new_root)
     explain.say("chroot", 'pivot_root(".", ".")', "the rootfs becomes / of this mount namespace")
@@ -86,7 +92,7 @@ NOSUID_NODEV_NOEXEC = syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXE
 
 
 def _mount(source, target, fstype, flags, data, why):
-    explain.say("chroot", f"mount {fstype or source} on {target}", why)
+    explain.say("chroot", f"mount {fstype or source} on <rootfs>{target.split('/rootfs', 1)[-1]}", why)
     os.makedirs(target, exist_ok=True)
     syscalls.mount(source, target, fstype, flags, data)
 
@@ -123,7 +129,8 @@ def mount_kernel_filesystems(c):
             target = f"{root}/etc/{name}"
             if not os.path.exists(target):
                 open(target, "a").close()
-            explain.say("chroot", f"mount --bind {source} /etc/{name}", "a file labtool wrote for this container")
+            explain.say("chroot", f"mount --bind <container>/{name} <rootfs>/etc/{name}",
+                        "a file labtool wrote for this container")
             syscalls.mount(source, target, None, syscalls.MS_BIND)
 
 
@@ -147,9 +154,13 @@ def write_etc_files(c):
 # --- the step, as runtime.py calls it ----------------------------------------------------
 
 def prepare(c):
-    """Host side: give the container its own copy of the image's files."""
-    explain.say("chroot", f"copy {len(c.image.layers)} layer(s) -> {c.rootfs}", "vfs driver: a private copy of the image")
-    copy_layers(c.image.layers, c.rootfs)
+    """Host side: give the container its own copy of the image's files (until step 04)."""
+    if c.storage == "vfs":
+        explain.say("chroot", f"copy {len(c.image.layers)} layer(s) -> {c.rootfs}",
+                    "vfs driver: a private copy of the image")
+        copy_layers(c.image.layers, c.rootfs)
+    else:
+        os.makedirs(c.rootfs, exist_ok=True)     # the overlay step mounts the image here
     if "mnt" in c.namespaces:
         write_etc_files(c)
     else:
@@ -164,6 +175,7 @@ def prepare(c):
 def in_child(c):
     """Inside the child: switch to the container's root filesystem."""
     if "mnt" in c.namespaces:
+        make_mounts_private()
         mount_kernel_filesystems(c)
         pivot_root(c.rootfs)
     else:
@@ -188,6 +200,7 @@ def _escape_demo(rootfs, use_pivot_root):
         try:
             if use_pivot_root:
                 syscalls.unshare(syscalls.CLONE_NEWNS)
+                make_mounts_private()
                 pivot_root(rootfs)
             else:
                 chroot(rootfs)

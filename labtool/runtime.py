@@ -20,7 +20,7 @@ import signal
 import time
 from dataclasses import asdict, dataclass, field
 
-from labtool import explain, images, mounts, namespaces, paths, rootfs
+from labtool import explain, images, mounts, namespaces, overlay, paths, rootfs
 from labtool.errors import CommandNotExecutable, CommandNotFound, LabtoolError, UsageError
 from labtool.spec import ContainerSpec
 
@@ -35,9 +35,11 @@ class Step:
 STEPS = [
     Step("chroot", rootfs, "01-chroot"),              # a root filesystem of its own
     Step("namespaces", namespaces, "02-namespaces"),  # its own PIDs, hostname, mounts, IPC, net
+    # 03 cgroups: to come
+    Step("overlay", overlay, "04-overlay"),           # image layers shared, changes on top
 ]
 # Steps still to come, in the order their notebooks teach them.
-PLANNED = ["cgroups", "overlay", "network", "capabilities"]
+PLANNED = ["cgroups", "network", "capabilities"]
 
 
 def active_steps(upto):
@@ -63,6 +65,7 @@ class Container:
     rootfs: str                       # <dir>/rootfs
     steps: list
     namespaces: list = field(default_factory=list)
+    storage: str = "vfs"              # "vfs": a copy of the image; "overlay": step 04
     hostname: str = ""
     pid: int = 0
 
@@ -78,6 +81,8 @@ def new_container(spec):
     spec.id = spec.id or os.urandom(32).hex()
     c = Container(spec=spec, image=image, id=spec.id, dir=paths.container_dir(spec.id),
                   rootfs=os.path.join(paths.container_dir(spec.id), "rootfs"), steps=steps)
+    if "overlay" in names:
+        c.storage = "overlay"
     if "namespaces" in names:
         c.namespaces = namespaces.for_spec(spec)
         c.hostname = spec.hostname or c.id[:12]
