@@ -46,7 +46,12 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VENV_PYTHON = "/opt/labtool/venv/bin/python"
+VENV = "/opt/labtool/venv"
+VENV_PYTHON = f"{VENV}/bin/python"
+# With this set (it often is, in CI and sandboxes) every labtool run compiles all of
+# labtool's modules from source again (5 ms or more here), which an installed labtool
+# does not; the default is to unset it and keep the bytecode in the temp directory.
+UNSET_FOR_LABTOOL = ("PYTHONDONTWRITEBYTECODE",)
 
 
 class Failed(Exception):
@@ -77,6 +82,15 @@ def mounts_under(path):
             if point == path or point.startswith(path + "/"):
                 found.append(point)
     return sorted(found, key=len, reverse=True)
+
+
+def labtool_version():
+    """The checkout's commit, and whether labtool/ has changes on top of it."""
+    head = subprocess.run(["git", "-C", REPO, "log", "-1", "--format=%h %s"],
+                          capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--", "labtool"],
+                           capture_output=True, text=True).stdout.strip()
+    return (head or "(not a git checkout)") + (" + uncommitted changes in labtool/" if dirty else "")
 
 
 def percentiles(samples):
@@ -113,8 +127,11 @@ class Command:
         """The exact command line, with the environment variables that matter."""
         env = ""
         if self.env is not None:
-            env = " ".join(f"{k}={shlex.quote(self.env[k])}" for k in ("LABTOOL_ROOT", "PYTHONPATH")
-                           if k in self.env) + " "
+            unset = [k for k in UNSET_FOR_LABTOOL if k in os.environ and k not in self.env]
+            env = "".join(f"-u {k} " for k in unset)
+            env += " ".join(f"{k}={shlex.quote(self.env[k])}" for k in
+                            ("LABTOOL_ROOT", "PYTHONPATH", "PYTHONPYCACHEPREFIX") if k in self.env)
+            env = f"env {env} "
         where = f"(cd {shlex.quote(self.cwd)} && " if self.cwd else ""
         return f"{where}{env}{shlex.join(self.argv)}{')' if where else ''}"
 
@@ -140,10 +157,22 @@ class OCIRuntime(Command):
         return out.stdout.split()
 
 
-def labtool_commands(interpreters, root, network_flag):
+def labtool_env(root, pycache):
+    """labtool's environment: our LABTOOL_ROOT, this checkout first on the path, and
+    (unless ``pycache`` is None) compiled bytecode kept in ``pycache``, as a user's
+    installed labtool has it, without writing __pycache__ into the checkout."""
     env = dict(os.environ, LABTOOL_ROOT=root, PYTHONPATH=REPO)
+    if pycache:
+        for k in UNSET_FOR_LABTOOL:
+            env.pop(k, None)
+        env["PYTHONPYCACHEPREFIX"] = pycache
+    return env
+
+
+def labtool_commands(interpreters, env, network_flag):
     args = ["run", "--rm"] + (["--network", "none"] if network_flag else []) + ["busybox", "true"]
-    return [Command(label, [python, "-m", "labtool"] + args, env=env, cwd=REPO)
+    note = "every step labtool has (--upto full, the default)"
+    return [Command(label, [python, "-m", "labtool"] + args, env=env, cwd=REPO, note=note)
             for label, python in interpreters]
 
 
@@ -277,6 +306,10 @@ def main():
     p.add_argument("--runs", type=int, default=30, help="timed runs per command (default 30)")
     p.add_argument("--quick", action="store_true", help="5 timed runs per command")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs per command first (default 3)")
+    p.add_argument("--no-pycache", action="store_true",
+                   help="run labtool with the environment as it is: with PYTHONDONTWRITEBYTECODE "
+                        "set, its modules are compiled at every run (default: cache the bytecode "
+                        "in the temp directory)")
     a = p.parse_args()
     runs = 5 if a.quick else a.runs
     if runs < 1 or a.warmup < 0:
@@ -288,7 +321,8 @@ def main():
     interpreters = []
     if os.access(VENV_PYTHON, os.X_OK):
         interpreters.append(("labtool (venv python)", VENV_PYTHON))
-    if not interpreters or os.path.realpath(sys.executable) != os.path.realpath(VENV_PYTHON):
+    # (the venv's python is a link to /usr/bin/python3: compare environments, not binaries)
+    if not interpreters or os.path.realpath(sys.prefix) != os.path.realpath(VENV):
         interpreters.append(("labtool (this python)", sys.executable))
 
     print(f"machine: {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), "
@@ -298,6 +332,7 @@ def main():
     runc_found = shutil.which("runc")
     print(f"runc:    {first_line(['runc', '--version']) if runc_found else 'not found'}")
     print(f"unshare: {first_line(['unshare', '--version'])}")
+    print(f"labtool: {REPO} at {labtool_version()}")
     print(f"runs:    {runs} timed per command after {a.warmup} warm-up, round-robin")
 
     work = tempfile.mkdtemp(prefix="labtool-bench-")
@@ -307,11 +342,19 @@ def main():
     try:
         root = os.path.join(work, "labtool-root")
         os.makedirs(root)
-        labtools = labtool_commands(interpreters, root, network_flag=False)
-        network = supports_network_flag(labtools[0].argv[0], labtools[0].env)
+        env = labtool_env(root, None if a.no_pycache else os.path.join(work, "pycache"))
+        network = supports_network_flag(interpreters[0][1], env)
+        labtools = labtool_commands(interpreters, env, network)
+        if a.no_pycache:
+            print(f"bytecode: as the environment says (PYTHONDONTWRITEBYTECODE="
+                  f"{os.environ.get('PYTHONDONTWRITEBYTECODE', '')!r})")
+        else:
+            print("bytecode: cached in the temp directory (PYTHONPYCACHEPREFIX), like an installed labtool")
         if network:
-            labtools = labtool_commands(interpreters, root, network_flag=True)
-        print(f"labtool: `run --network` {'supported: measuring with --network none' if network else 'not supported yet: measuring without it (labtool still makes a new, empty netns)'}")
+            print("labtool: `run --network` is supported: measuring with --network none")
+        else:
+            print("labtool: `run --network` is not supported yet: measuring without it "
+                  "(labtool makes a new, empty network namespace anyway)")
 
         # The first run makes the busybox image in our LABTOOL_ROOT; not timed.
         made = labtools[0].run()
@@ -344,6 +387,8 @@ def main():
         ok = True
     except Failed as e:
         print(f"\nbench/startup.py: a command failed, no numbers:\n{e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("\ninterrupted: cleaning up", file=sys.stderr)
     finally:
         clean = cleanup(work, oci_runtimes, id_prefix)
     return 0 if ok and clean else 1
