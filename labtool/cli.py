@@ -1,6 +1,8 @@
 """The ``labtool`` command line: docker-style commands over the runtime and the stores.
 
-    labtool run [--rm] [--upto STEP] [--explain] [--hostname NAME] IMAGE [CMD...]
+    labtool run [--rm] [--upto STEP] [--explain] [--hostname NAME] [--pid|--ipc|--uts MODE]
+                [--userns] [--user U] [--init] [-e K=V] [-w DIR] [--name NAME] IMAGE [CMD...]
+    labtool exec [-e K=V] [-w DIR] [-u USER] CONTAINER CMD...
     labtool images
     labtool reset [--all]
     labtool notebooks --student DIR
@@ -38,8 +40,25 @@ def _parser():
     run.add_argument("--env", "-e", action="append", default=[], metavar="KEY=VALUE",
                      help="set an environment variable")
     run.add_argument("--workdir", "-w", default="/", help="working directory inside the container")
+    run.add_argument("--user", "-u", default="", metavar="USER[:GROUP]", help="run as this user (name or uid)")
+    run.add_argument("--pid", default="private", metavar="MODE", help="PID namespace: private, host, container:NAME")
+    run.add_argument("--ipc", default="private", metavar="MODE",
+                     help="IPC namespace: private, shareable, host, container:NAME")
+    run.add_argument("--uts", default="private", metavar="MODE", help="UTS namespace: private, host")
+    run.add_argument("--userns", action="store_true",
+                     help="a user namespace: root inside is uid 100000 outside")
+    run.add_argument("--init", action="store_true", help="a tiny init as PID 1 that reaps and forwards signals")
     run.add_argument("image")
     run.add_argument("args", nargs=argparse.REMAINDER, metavar="CMD")
+
+    ex = sub.add_parser("exec", help="run a command in a running container", add_help=False)
+    ex.add_argument("--help", action="help", help="show this help and exit")
+    ex.add_argument("--env", "-e", action="append", default=[], metavar="KEY=VALUE")
+    ex.add_argument("--workdir", "-w", default="", help="working directory inside the container")
+    ex.add_argument("--user", "-u", default="", metavar="USER[:GROUP]")
+    ex.add_argument("--explain", action="store_true", help="narrate every kernel action on stderr")
+    ex.add_argument("container")
+    ex.add_argument("args", nargs=argparse.REMAINDER, metavar="CMD")
 
     sub.add_parser("images", help="list images")
 
@@ -58,17 +77,32 @@ def _needs_root(what):
         raise NeedsRoot(what)
 
 
+def _env(flags):
+    """-e KEY=VALUE, or -e KEY to pass the caller's value on (as docker does)."""
+    return [e if "=" in e else f"{e}={os.environ.get(e, '')}" for e in flags]
+
+
 def cmd_run(a):
     from labtool import runtime
-    from labtool.spec import ContainerSpec, Process
+    from labtool.spec import ContainerSpec, Namespaces, Process
 
     _needs_root("labtool run")
-    env = [e if "=" in e else f"{e}={os.environ.get(e, '')}" for e in a.env]
-    process = Process(args=a.args, cwd=a.workdir)
-    process.env += env
+    process = Process(args=a.args, cwd=a.workdir, user=a.user)
+    process.env += _env(a.env)
     spec = ContainerSpec(image=a.image, process=process, name=a.name, hostname=a.hostname,
-                         upto=a.upto, explain=a.explain, remove=a.rm)
+                         upto=a.upto, explain=a.explain, remove=a.rm, init=a.init,
+                         namespaces=Namespaces(pid=a.pid, ipc=a.ipc, uts=a.uts,
+                                               user="private" if a.userns else "host"))
     return runtime.run(spec)
+
+
+def cmd_exec(a):
+    from labtool import runtime
+
+    _needs_root("labtool exec")
+    if not a.args:
+        raise UsageError("exec needs a command: labtool exec CONTAINER CMD...")
+    return runtime.exec_in(a.container, a.args, _env(a.env), a.workdir, a.user, a.explain)
 
 
 def cmd_images(a):
@@ -116,7 +150,7 @@ def cmd_notebooks(a):
     return 0
 
 
-COMMANDS = {"run": cmd_run, "images": cmd_images, "reset": cmd_reset, "notebooks": cmd_notebooks}
+COMMANDS = {"run": cmd_run, "exec": cmd_exec, "images": cmd_images, "reset": cmd_reset, "notebooks": cmd_notebooks}
 
 
 def main(argv=None):

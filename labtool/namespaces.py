@@ -12,27 +12,32 @@ own copy of it. Docker gives each container new namespaces of these kinds:
     user    user and group ids (man 7 user_namespaces); Docker leaves it off by default
 
 Two system calls do the work: unshare(2) moves the caller into new namespaces, setns(2)
-joins an existing one (that is what ``docker exec`` does). ``/proc/PID/ns/KIND`` names
-the namespace a process is in: two processes are in the same one when the links match.
+joins an existing one (that is what ``docker exec`` and ``--ipc container:NAME`` do).
+``/proc/PID/ns/KIND`` names the namespace a process is in: two processes share one
+when the links are the same.
 """
 
+import fcntl
 import os
+import socket
+import struct
 
 from labtool import explain, syscalls
+from labtool.errors import UsageError
 
 KINDS = {
+    "user": syscalls.CLONE_NEWUSER,   # first: the other new namespaces then belong to it
     "pid": syscalls.CLONE_NEWPID,
     "uts": syscalls.CLONE_NEWUTS,
     "mnt": syscalls.CLONE_NEWNS,
     "ipc": syscalls.CLONE_NEWIPC,
     "net": syscalls.CLONE_NEWNET,
     "cgroup": syscalls.CLONE_NEWCGROUP,
-    "user": syscalls.CLONE_NEWUSER,
 }
 FLAG_NAMES = {f"CLONE_NEW{'NS' if kind == 'mnt' else kind.upper()}": flag for kind, flag in KINDS.items()}
 
-# What ``docker run`` gives a container unless told otherwise.
-DOCKER_DEFAULT = ("pid", "uts", "mnt", "ipc", "net", "cgroup")
+# --userns: uid/gid 0..65535 inside are 100000..165535 outside (like Docker's userns-remap).
+USERNS_BASE, USERNS_SIZE = 100000, 65536
 
 
 def ns_of(pid="self"):
@@ -46,6 +51,86 @@ def ns_of(pid="self"):
     return result
 
 
+def plan(spec, find_running):
+    """Decide each namespace of a container: {kind: None (a new one) or a path to join}.
+
+    Kinds missing from the result stay the host's. ``find_running(name)`` returns the
+    pid of a running container (for ``container:NAME``).
+    """
+    ns = spec.namespaces
+    result = {"mnt": None, "net": None, "cgroup": None}
+    for kind, mode, allowed in (("pid", ns.pid, ("private", "host", "container:")),
+                                ("uts", ns.uts, ("private", "host")),
+                                ("ipc", ns.ipc, ("private", "shareable", "host", "container:")),
+                                ("user", ns.user, ("private", "host"))):
+        if mode in ("private", "shareable"):
+            result[kind] = None
+        elif mode == "host":
+            pass
+        elif mode.startswith("container:") and "container:" in allowed and mode != "container:":
+            result[kind] = f"/proc/{find_running(mode.split(':', 1)[1])}/ns/{kind}"
+        else:
+            raise UsageError(f"invalid --{kind} value '{mode}': use {', '.join(a + ('NAME' if a.endswith(':') else '') for a in allowed)}")
+        if mode not in allowed and not mode.startswith("container:"):
+            raise UsageError(f"invalid --{kind} value '{mode}': use {', '.join(allowed)}")
+    return result
+
+
+def fork_into(namespaces):
+    """Fork a child that lives in the given namespaces; return its pid (0 in the child).
+
+    ``namespaces`` maps a kind to None (make a new one) or to a /proc/PID/ns path (join).
+
+    The PID namespace is special: neither unshare(CLONE_NEWPID) nor setns moves the
+    caller; they decide where the caller's *next child* goes, and a child in a new one is
+    its PID 1. So the parent does that part, forks, and steps back into its own PID
+    namespace (setns) so that its later children land on the host again. The child
+    makes or joins everything else itself, so the parent keeps the host's mounts,
+    hostname and network.
+
+    With a new user namespace the order changes: the PID namespace must belong to it
+    (or the container could not mount its /proc), so the child makes both, and
+    ``settle`` forks PID 1 later, once the parent has written the id maps.
+    """
+    parent_does_pid = "pid" in namespaces and not _new_userns(namespaces)
+    if parent_does_pid:
+        _enter("pid", namespaces["pid"], "the next child will be PID 1 of a new PID namespace")
+    try:
+        pid = os.fork()
+    finally:
+        if parent_does_pid and pid != 0:
+            _enter("pid", "/proc/self/ns/pid", None)     # step back: our next children are on the host
+    if pid == 0:
+        for kind, path in namespaces.items():
+            if path is not None and not (kind == "pid" and parent_does_pid):
+                _enter(kind, path, f"join {kind} namespace")
+        new = flags_for(k for k, path in namespaces.items()
+                        if path is None and not (k == "pid" and parent_does_pid))
+        if new:
+            explain.say("namespaces", f"unshare({explain.flag_names(new, FLAG_NAMES)})",
+                        "new namespaces for the child")
+            syscalls.unshare(new)
+    return pid
+
+
+def _new_userns(namespaces):
+    return "user" in namespaces and namespaces["user"] is None
+
+
+def _enter(kind, path, why):
+    if path is None:
+        explain.say("namespaces", f"unshare({[n for n, f in FLAG_NAMES.items() if f == KINDS[kind]][0]})", why)
+        syscalls.unshare(KINDS[kind])
+        return
+    if why:
+        explain.say("namespaces", f"setns({path})", why)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        syscalls.setns(fd, KINDS[kind])
+    finally:
+        os.close(fd)
+
+
 def flags_for(kinds):
     flags = 0
     for kind in kinds:
@@ -53,44 +138,18 @@ def flags_for(kinds):
     return flags
 
 
-def fork_into(kinds):
-    """Fork a child that lives in new namespaces of the given kinds; return its pid (0 in it).
+def join(pid, kinds=None):
+    """Enter the namespaces of process ``pid`` that differ from ours (``docker exec``).
 
-    The PID namespace is special: unshare(CLONE_NEWPID) does not move the caller, it only
-    decides where the caller's *next child* goes, and that child becomes PID 1. So the
-    parent unshares PID, forks, and then steps back (setns to its own PID namespace) so
-    that its later children land on the host again. The child unshares everything else
-    itself, so the parent keeps the host's mounts, hostname and network.
+    Joining a PID namespace, like creating one, affects only the caller's children, so
+    callers fork afterwards. The mount namespace goes last: setns into it also moves our
+    root and working directory to the container's root.
     """
-    rest = flags_for(k for k in kinds if k != "pid")
-    if "pid" in kinds:
-        explain.say("namespaces", "unshare(CLONE_NEWPID)", "the next child will be PID 1 of a new PID namespace")
-        syscalls.unshare(syscalls.CLONE_NEWPID)
-    pid = os.fork()
-    if pid == 0:
-        if rest:
-            explain.say("namespaces", f"unshare({explain.flag_names(rest, FLAG_NAMES)})",
-                        "new namespaces for the child")
-            syscalls.unshare(rest)
-        return 0
-    if "pid" in kinds:
-        own = os.open("/proc/self/ns/pid", os.O_RDONLY)
-        try:
-            syscalls.setns(own, syscalls.CLONE_NEWPID)
-        finally:
-            os.close(own)
-    return pid
-
-
-def join(pid, kinds):
-    """Enter the namespaces of process ``pid`` (what ``docker exec`` does, man 2 setns).
-
-    Joining a PID namespace, like creating one, affects only the caller's children.
-    The mount namespace goes last: once in it, /proc is the container's.
-    """
+    kinds = kinds or [k for k in KINDS if k != "pid" and
+                      os.readlink(f"/proc/{pid}/ns/{k}") != os.readlink(f"/proc/self/ns/{k}")]
     fds = {kind: os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY) for kind in kinds}
     try:
-        for kind in sorted(fds, key=lambda k: k == "mnt"):
+        for kind in sorted(fds, key=lambda k: (k != "user", k == "mnt")):
             explain.say("namespaces", f"setns(/proc/{pid}/ns/{kind})", f"join the container's {kind} namespace")
             syscalls.setns(fds[kind], KINDS[kind])
     finally:
@@ -98,15 +157,72 @@ def join(pid, kinds):
             os.close(fd)
 
 
+def write_id_maps(pid):
+    """From the parent: map uid/gid 0.. inside ``pid``'s user namespace to 100000.. outside."""
+    line = f"0 {USERNS_BASE} {USERNS_SIZE}\n"
+    for name in ("uid_map", "gid_map"):
+        explain.say("namespaces", f"write '{line.strip()}' > /proc/{pid}/{name}",
+                    "root inside is an unprivileged id outside")
+        with open(f"/proc/{pid}/{name}", "w") as f:
+            f.write(line)
+
+
+def bring_loopback_up():
+    """``ip link set lo up`` in a new network namespace, where lo starts down (netdevice(7))."""
+    SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+    explain.say("namespaces", "ioctl(SIOCSIFFLAGS, lo, IFF_UP)", "a new network namespace has only lo, and it is down")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        ifreq = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s, SIOCGIFFLAGS, ifreq))[1]
+        fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+
+
 # --- the step, as runtime.py calls it ----------------------------------------------------
 
-def for_spec(spec):
-    """The namespaces a container gets (Docker's default set, for now)."""
-    return list(DOCKER_DEFAULT)
+def started(c, pid):
+    """Host side, once the child exists: map its user ids, if it has a user namespace."""
+    if "user" in c.namespaces and c.namespaces["user"] is None:
+        write_id_maps(pid)
 
 
-def in_child(c):
-    """Inside the child, in its new namespaces: give it its own hostname."""
-    if "uts" in c.namespaces:
+def settle(c):
+    """In the child, first thing once the parent is done: settle into the new namespaces.
+
+    Become root of the user namespace (uid 0 inside = 100000 outside), fork PID 1 if the
+    user namespace made us wait for it, bring the loopback up, set the hostname.
+    """
+    if _new_userns(c.namespaces):
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)
+        if "pid" in c.namespaces:
+            _become_pid_1()
+    if c.namespaces.get("net", 0) is None:
+        bring_loopback_up()
+    if c.namespaces.get("uts", 0) is None:
         explain.say("namespaces", f"sethostname({c.hostname!r})", "only this UTS namespace sees it")
         syscalls.sethostname(c.hostname)
+
+
+def _become_pid_1():
+    """Fork once more: the child is PID 1; this process stays to pass on its exit code."""
+    import signal
+
+    explain.say("namespaces", "fork()", "the first child in the new PID namespace is its PID 1")
+    pid = os.fork()
+    if pid == 0:
+        return
+
+    def forward(signum, _frame):
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(sig, forward)
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except InterruptedError:
+            continue
+    os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))

@@ -36,4 +36,8 @@ def prepare(c):
     Like Docker's overlay2 "merged" directory, the mount is made on the host, so that
     ``findmnt`` there shows it; teardown (rootfs.teardown) unmounts it.
     """
-    mount_overlay(c.image.layers, os.path.join(c.dir, "upper"), os.path.join(c.dir, "work"), c.rootfs)
+    from labtool.rootfs import make_mountpoints
+
+    upper = os.path.join(c.dir, "upper")
+    make_mountpoints(upper)                   # /proc, /etc/hosts ... as the first changes
+    mount_overlay(c.image.layers, upper, os.path.join(c.dir, "work"), c.rootfs)

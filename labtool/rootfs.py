@@ -111,9 +111,16 @@ def mount_kernel_filesystems(c):
     _mount("tmpfs", f"{root}/dev", "tmpfs", syscalls.MS_NOSUID | syscalls.MS_STRICTATIME, "mode=755,size=65536k",
            "an empty /dev of its own, not the host's disks")
     for name, major, minor in DEVICES:
-        explain.say("chroot", f"mknod /dev/{name} c {major} {minor}")
-        os.mknod(f"{root}/dev/{name}", 0o666 | 0o020000, os.makedev(major, minor))
-        os.chmod(f"{root}/dev/{name}", 0o666)
+        node = f"{root}/dev/{name}"
+        if "user" in c.namespaces:
+            # mknod is never allowed in a user namespace: bind the host's node instead
+            explain.say("chroot", f"mount --bind /dev/{name} <rootfs>/dev/{name}", "no mknod in a user namespace")
+            open(node, "w").close()
+            syscalls.mount(f"/dev/{name}", node, None, syscalls.MS_BIND)
+        else:
+            explain.say("chroot", f"mknod /dev/{name} c {major} {minor}")
+            os.mknod(node, 0o666 | 0o020000, os.makedev(major, minor))
+            os.chmod(node, 0o666)
     for name, target in DEV_LINKS:
         os.symlink(target, f"{root}/dev/{name}")
     _mount("devpts", f"{root}/dev/pts", "devpts", syscalls.MS_NOSUID | syscalls.MS_NOEXEC,
@@ -127,11 +134,20 @@ def mount_kernel_filesystems(c):
         source = os.path.join(c.dir, name)
         if os.path.exists(source):
             target = f"{root}/etc/{name}"
-            if not os.path.exists(target):
-                open(target, "a").close()
             explain.say("chroot", f"mount --bind <container>/{name} <rootfs>/etc/{name}",
                         "a file labtool wrote for this container")
             syscalls.mount(source, target, None, syscalls.MS_BIND)
+
+
+def make_mountpoints(top):
+    """The directories and files the container's mounts go on, made on the host side
+    (like Docker's "init layer"): inside a user namespace root may not create them."""
+    for d in ("proc", "sys", "dev", "etc"):
+        os.makedirs(os.path.join(top, d), exist_ok=True)
+    for name in ("hostname", "hosts", "resolv.conf"):
+        path = os.path.join(top, "etc", name)
+        if not os.path.lexists(path):
+            open(path, "a").close()
 
 
 def write_etc_files(c):
@@ -159,6 +175,7 @@ def prepare(c):
         explain.say("chroot", f"copy {len(c.image.layers)} layer(s) -> {c.rootfs}",
                     "vfs driver: a private copy of the image")
         copy_layers(c.image.layers, c.rootfs)
+        make_mountpoints(c.rootfs)
     else:
         os.makedirs(c.rootfs, exist_ok=True)     # the overlay step mounts the image here
     if "mnt" in c.namespaces:

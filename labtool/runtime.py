@@ -5,12 +5,14 @@ module, and ``labtool run --upto STEP`` runs a container with the steps up to ST
 
 Every step module has the same small shape (each function is optional):
 
-    prepare(c)    on the host, before the child exists   (copy the rootfs, make a cgroup)
-    in_child(c)   in the child, before exec               (pivot_root, sethostname)
-    teardown(c)   on the host, after the child is gone    (unmount, remove the cgroup)
+    prepare(c)         on the host, before the child exists   (copy the rootfs, mount overlay)
+    started(c, pid)    on the host, once the child exists     (map its user ids)
+    in_child(c)        in the child, before exec               (mount /proc, pivot_root)
+    teardown(c)        on the host, after the child is gone    (unmount)
 
 The child itself is made by ``namespaces.fork_into``: a fork, in new namespaces when
-step 02 is on. The parent waits for it and hands its exit code back.
+step 02 is on. It waits until the parent's ``started`` work is done, settles into its
+namespaces (``namespaces.settle``), runs the in-child work, and execs the command. The parent waits for it and hands its exit code back.
 """
 
 import json
@@ -20,7 +22,8 @@ import signal
 import time
 from dataclasses import asdict, dataclass, field
 
-from labtool import explain, images, mounts, namespaces, overlay, paths, rootfs
+from labtool import explain, images, init, mounts, namespaces, overlay, paths, rootfs, users
+from labtool.engine import containers
 from labtool.errors import CommandNotExecutable, CommandNotFound, LabtoolError, UsageError
 from labtool.spec import ContainerSpec
 
@@ -64,28 +67,32 @@ class Container:
     dir: str                          # /var/lib/labtool/containers/<id>
     rootfs: str                       # <dir>/rootfs
     steps: list
-    namespaces: list = field(default_factory=list)
+    namespaces: dict = field(default_factory=dict)   # kind -> None (new) or a path to join
     storage: str = "vfs"              # "vfs": a copy of the image; "overlay": step 04
     hostname: str = ""
     pid: int = 0
 
 
 def new_container(spec):
-    """Make a container's directory and record its config; nothing runs yet."""
+    """Check the spec, make the container's directory and record its config."""
     steps = active_steps(spec.upto)
     names = [s.name for s in steps]
-    if spec.hostname and "namespaces" not in names:
-        raise UsageError("--hostname needs a UTS namespace (step 02, namespaces); "
-                         "without one it would rename the host")
+    if spec.name:
+        containers.check_name_free(spec.name)
     image = images.find_or_make(spec.image)
     spec.id = spec.id or os.urandom(32).hex()
     c = Container(spec=spec, image=image, id=spec.id, dir=paths.container_dir(spec.id),
                   rootfs=os.path.join(paths.container_dir(spec.id), "rootfs"), steps=steps)
+    if "namespaces" in names:
+        c.namespaces = namespaces.plan(spec, lambda name: containers.find_running(name)[1])
+    if spec.hostname and c.namespaces.get("uts", 0) is not None:
+        raise UsageError("--hostname needs a UTS namespace of the container's own (step 02); "
+                         "without one it would rename the host")
+    if spec.init and "pid" not in c.namespaces:
+        raise UsageError("--init needs a PID namespace of the container's own (step 02)")
+    c.hostname = spec.hostname or (c.id[:12] if "uts" in c.namespaces else os.uname().nodename)
     if "overlay" in names:
         c.storage = "overlay"
-    if "namespaces" in names:
-        c.namespaces = namespaces.for_spec(spec)
-        c.hostname = spec.hostname or c.id[:12]
     os.makedirs(c.dir)
     _write_json(c, "config.json", asdict(spec))
     return c
@@ -101,6 +108,15 @@ def _write_json(c, name, data):
 def command_of(spec, image):
     """What to run: the command given, else the image's CMD; after the ENTRYPOINT if any."""
     return list(image.entrypoint) + (list(spec.process.args) or list(image.cmd))
+
+
+def environment(image, spec_env, hostname=""):
+    """The image's ENV, then HOSTNAME, then -e flags: later ones win."""
+    env = {}
+    for item in list(image.env) + ([f"HOSTNAME={hostname}"] if hostname else []) + list(spec_env):
+        key, _, value = item.partition("=")
+        env[key] = value
+    return env
 
 
 def run(spec):
@@ -129,24 +145,35 @@ def run(spec):
 
 
 def _start_and_wait(c):
-    """Fork the child, run the in-child steps there, exec the command, wait for it."""
+    """Fork the child, do the host-side work it waits for, let it go, wait for it."""
     argv = command_of(c.spec, c.image)
     if not argv:
         raise UsageError("no command given and the image has no CMD")
-    env = list(c.image.env) + list(c.spec.process.env)
-    env = dict(item.split("=", 1) for item in env if "=" in item)
-    if c.hostname:
-        env.setdefault("HOSTNAME", c.hostname)
+    env = environment(c.image, c.spec.process.env, c.hostname)
     errors_r, errors_w = os.pipe2(os.O_CLOEXEC)   # closes by itself when exec succeeds
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
     pid = namespaces.fork_into(c.namespaces)
     if pid == 0:
-        os.close(errors_r)
-        _child(c, argv, env, errors_w)            # never returns
-    os.close(errors_w)
+        for fd in (errors_r, ready_r, go_w):
+            os.close(fd)
+        _child(c, argv, env, errors_w, ready_w, go_r)       # never returns
+    for fd in (errors_w, ready_w, go_r):
+        os.close(fd)
     c.pid = pid
-    _write_json(c, "state.json", {"Status": "running", "Pid": pid, "StartedAt": time.time()})
     _forward_signals(pid)
-    _, status = os.waitpid(pid, 0)
+    try:
+        if os.read(ready_r, 1):                 # empty: the child died before it was ready
+            _write_json(c, "state.json", {"Status": "running", "Pid": pid, "StartedAt": time.time(),
+                                          "PidStartTime": containers.pid_start_time(pid)})
+            for step in c.steps:
+                if hasattr(step.module, "started"):
+                    step.module.started(c, pid)
+            os.write(go_w, b"g")
+    finally:
+        os.close(go_w)                          # on failure: the child reads EOF and gives up
+        os.close(ready_r)
+        _, status = os.waitpid(pid, 0)
     problem = os.read(errors_r, 4096).decode()
     os.close(errors_r)
     if problem:
@@ -155,27 +182,56 @@ def _start_and_wait(c):
     return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
 
 
-def _child(c, argv, env, errors_w):
-    """In the child: the in-child part of every step, then exec the container's command."""
+def _child(c, argv, env, errors_w, ready_w, go_r):
+    """In the child: wait for the parent, do every step's in-child work, exec the command."""
     try:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.write(ready_w, b"r")
+        os.close(ready_w)
+        if os.read(go_r, 1) != b"g":
+            os._exit(125)                       # the parent failed; it reports why
+        os.close(go_r)
+        namespaces.settle(c)                    # first: everything else happens inside them
         for step in c.steps:
             if hasattr(step.module, "in_child"):
                 step.module.in_child(c)
-        os.chdir(c.spec.process.cwd)
+        start = lambda: exec_command(argv, env, c.spec.process.cwd, c.spec.process.user, errors_w)  # noqa: E731
+        if c.spec.init:
+            explain.say("init", "fork; PID 1 stays to reap zombies and forward signals", "--init")
+            init.run_as_init(start)
+        start()
+    except BaseException as e:  # anything: report it, never run the parent's code
+        _report(errors_w, e, argv)
+
+
+def exec_command(argv, env, cwd, user, errors_w):
+    """The last moments before the container's command: user, directory, execve."""
+    try:
+        if user:
+            users.become(user)
+        os.chdir(cwd)
         path = _lookup(argv[0], env.get("PATH", ""))
         explain.say("exec", f"execve({path!r}, {argv!r})", "the container's command replaces labtool")
-        os.execve(path, argv, env)
-    except LabtoolError as e:
-        os.write(errors_w, f"{e.exit_code} {e}".encode())
-        os._exit(e.exit_code)
-    except OSError as e:
-        code = 126 if e.errno in (13, 8) else 125        # EACCES, ENOEXEC
-        os.write(errors_w, f"{code} {argv[0]}: {e.strerror}".encode())
+        try:
+            os.execve(path, argv, env)
+        except OSError as e:
+            if e.errno in (13, 8):          # EACCES, ENOEXEC: it is there but cannot run
+                raise CommandNotExecutable(f'exec: "{argv[0]}": {e.strerror.lower()}') from None
+            raise
+    except BaseException as e:
+        _report(errors_w, e, argv)
+
+
+def _report(errors_w, e, _argv=None):
+    """Tell the parent what went wrong (through the error pipe) and exit like docker."""
+    if isinstance(e, LabtoolError):
+        code, message = e.exit_code, str(e)
+    else:
+        code, message = 125, f"{type(e).__name__}: {e}"
+    try:
+        os.write(errors_w, f"{code} {message}".encode())
+    finally:
         os._exit(code)
-    except BaseException as e:  # anything else: report it, never run the parent's code
-        os.write(errors_w, f"125 {type(e).__name__}: {e}".encode())
-        os._exit(125)
 
 
 def _lookup(command, path):
@@ -203,6 +259,38 @@ def _forward_signals(pid):
             pass
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(sig, forward)
+
+
+def exec_in(name, argv, env=(), cwd="", user="", explain_it=False):
+    """``labtool exec``: run a command inside a running container (setns, then fork)."""
+    explain.enabled = explain_it
+    record, target = containers.find_running(name)
+    spec = record.config
+    image = images.store.find(spec["image"])
+    full_env = environment(image, spec["process"]["env"], "") if image else {}
+    full_env.update(item.partition("=")[::2] for item in env)
+    errors_r, errors_w = os.pipe2(os.O_CLOEXEC)
+    pid_ns = f"/proc/{target}/ns/pid"
+    same_pid_ns = os.readlink(pid_ns) == os.readlink("/proc/self/ns/pid")
+    pid = namespaces.fork_into({} if same_pid_ns else {"pid": pid_ns})
+    if pid == 0:
+        try:
+            os.close(errors_r)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            namespaces.join(target)                 # mnt last: we land in the container's root
+            full_env.setdefault("HOSTNAME", os.uname().nodename)   # the container's, now
+            exec_command(argv, full_env, cwd or spec["process"]["cwd"], user or spec["process"]["user"], errors_w)
+        except BaseException as e:
+            _report(errors_w, e, argv)
+    os.close(errors_w)
+    _forward_signals(pid)
+    _, status = os.waitpid(pid, 0)
+    problem = os.read(errors_r, 4096).decode()
+    os.close(errors_r)
+    if problem:
+        code, _, message = problem.partition(" ")
+        raise {"126": CommandNotExecutable, "127": CommandNotFound}.get(code, LabtoolError)(message)
+    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
 
 
 def remove(container_dir):

@@ -18,6 +18,22 @@ class Process:
     args: list                       # argv; args[0] is looked up in the container's PATH
     env: list = field(default_factory=lambda: [f"PATH={DEFAULT_PATH}"])  # "KEY=VALUE"
     cwd: str = "/"
+    user: str = ""                   # "UID[:GID]" or "NAME[:GROUP]"; empty: root
+
+
+@dataclass
+class Namespaces:
+    """Where each kind of namespace comes from (Docker's --pid, --ipc, --uts, --userns).
+
+    "private": a new one for this container; "host": the host's, no isolation;
+    "container:NAME": join another container's (ipc and pid); "shareable" (ipc):
+    private, and other containers may join it.
+    """
+
+    pid: str = "private"
+    uts: str = "private"
+    ipc: str = "private"
+    user: str = "host"               # "private" (--userns): root inside, uid 100000 outside
 
 
 @dataclass
@@ -32,3 +48,5 @@ class ContainerSpec:
     upto: str = "full"               # run only the steps up to this one (see runtime.STEPS)
     explain: bool = False            # narrate each kernel action on stderr
     remove: bool = False             # --rm: delete the container when it exits
+    namespaces: Namespaces = field(default_factory=Namespaces)
+    init: bool = False               # --init: a tiny init as PID 1 runs the command

@@ -114,13 +114,20 @@ def unpack_layer(tar_bytes, diff_id):
     os.makedirs(paths.layers_dir(), exist_ok=True)
     tmp = tempfile.mkdtemp(dir=paths.layers_dir(), prefix=".unpack-")
     with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tar:
-        if hasattr(tarfile, "tar_filter"):   # Python >= 3.11.4 / 3.12: refuse paths outside tmp
-            tar.extractall(tmp, filter="tar")
+        if hasattr(tarfile, "tar_filter"):   # Python >= 3.11.4 / 3.12
+            tar.extractall(tmp, filter=_safe_paths_keep_modes)
         else:
             tar.extractall(tmp)
     os.chmod(tmp, 0o755)
     os.rename(tmp, target)
     return target
+
+
+def _safe_paths_keep_modes(member, path):
+    """Refuse members that would land outside the layer (absolute paths, "..", links out),
+    as tarfile's "tar" filter does, but keep their modes: an image's /tmp is 1777."""
+    tarfile.tar_filter(member, path)
+    return member
 
 
 def add_image(ref, layer_tars, config):

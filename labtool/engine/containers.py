@@ -1,0 +1,90 @@
+"""The container store: one directory per container under ``containers/``, plain JSON.
+
+    containers/<id>/config.json   the ContainerSpec it was made from
+    containers/<id>/state.json    {"Status": "running", "Pid": 1234, "ExitCode": ...}
+
+A container is found by its full id, a unique prefix of it, or its name.
+"""
+
+import json
+import os
+from dataclasses import dataclass
+
+from labtool import paths
+from labtool.errors import ContainerNotFound, LabtoolError
+
+
+@dataclass
+class Record:
+    id: str
+    config: dict
+    state: dict
+
+    @property
+    def name(self):
+        return self.config.get("name", "")
+
+    @property
+    def running_pid(self):
+        """The pid of the container's first process if it is still running, else 0."""
+        pid = self.state.get("Pid") or 0
+        if self.state.get("Status") != "running" or pid <= 0:
+            return 0
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                start_time = int(f.read().rsplit(")", 1)[1].split()[19])
+        except (OSError, IndexError, ValueError):
+            return 0
+        # the same pid number could be a new process by now: compare its start time
+        return pid if start_time == self.state.get("PidStartTime", start_time) else 0
+
+
+def _read(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def all_records():
+    top = paths.containers_dir()
+    if not os.path.isdir(top):
+        return []
+    return [Record(cid, _read(os.path.join(top, cid, "config.json")), _read(os.path.join(top, cid, "state.json")))
+            for cid in sorted(os.listdir(top))]
+
+
+def find(name_or_id):
+    """The container with this name, id, or unique id prefix."""
+    records = all_records()
+    for r in records:
+        if r.name == name_or_id or r.id == name_or_id:
+            return r
+    matches = [r for r in records if len(name_or_id) >= 1 and r.id.startswith(name_or_id)]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise LabtoolError(f"multiple containers match '{name_or_id}': give more of the id")
+    raise ContainerNotFound(name_or_id)
+
+
+def find_running(name_or_id):
+    """The record and pid of a running container, or a clear error."""
+    r = find(name_or_id)
+    pid = r.running_pid
+    if not pid:
+        raise LabtoolError(f"container {name_or_id} is not running")
+    return r, pid
+
+
+def check_name_free(name):
+    for r in all_records():
+        if r.name == name:
+            raise LabtoolError(f'Conflict. The container name "/{name}" is already in use by container '
+                               f'"{r.id}". Remove it or give this one another name.')
+
+
+def pid_start_time(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[19])
