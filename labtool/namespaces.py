@@ -185,17 +185,18 @@ def started(c, pid):
         write_id_maps(pid)
 
 
-def settle(c):
+def settle(c, report_fd):
     """In the child, first thing once the parent is done: settle into the new namespaces.
 
     Become root of the user namespace (uid 0 inside = 100000 outside), fork PID 1 if the
-    user namespace made us wait for it, bring the loopback up, set the hostname.
+    user namespace made us wait for it (its host pid goes to the parent on ``report_fd``),
+    bring the loopback up, set the hostname.
     """
     if _new_userns(c.namespaces):
         os.setresgid(0, 0, 0)
         os.setresuid(0, 0, 0)
         if "pid" in c.namespaces:
-            _become_pid_1()
+            _become_pid_1(report_fd)
     if c.namespaces.get("net", 0) is None:
         bring_loopback_up()
     if c.namespaces.get("uts", 0) is None:
@@ -203,14 +204,18 @@ def settle(c):
         syscalls.sethostname(c.hostname)
 
 
-def _become_pid_1():
+def _become_pid_1(report_fd):
     """Fork once more: the child is PID 1; this process stays to pass on its exit code."""
     import signal
 
     explain.say("namespaces", "fork()", "the first child in the new PID namespace is its PID 1")
     pid = os.fork()
     if pid == 0:
+        # if the process above us dies (kill -9), so do we: nothing is left behind
+        syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
         return
+    os.write(report_fd, str(pid).encode())
+    os.close(report_fd)
 
     def forward(signum, _frame):
         try:

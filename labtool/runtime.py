@@ -90,12 +90,27 @@ def new_container(spec):
                          "without one it would rename the host")
     if spec.init and "pid" not in c.namespaces:
         raise UsageError("--init needs a PID namespace of the container's own (step 02)")
+    if c.namespaces.get("user", 0) is None:
+        _check_reachable_from_userns(paths.containers_dir())
     c.hostname = spec.hostname or (c.id[:12] if "uts" in c.namespaces else os.uname().nodename)
     if "overlay" in names:
         c.storage = "overlay"
     os.makedirs(c.dir)
     _write_json(c, "config.json", asdict(spec))
     return c
+
+
+def _check_reachable_from_userns(path):
+    """Root of a user namespace is uid 100000 on the host: it must be able to walk to the
+    container's files, so every directory on the way needs the "x" bit for others."""
+    path = os.path.abspath(path)
+    while True:
+        if os.path.isdir(path) and not os.stat(path).st_mode & 0o001:
+            raise UsageError(f"--userns: root of the user namespace (uid {namespaces.USERNS_BASE} outside) "
+                             f"cannot enter {path}; allow it with: chmod o+x {path}")
+        if path == "/":
+            return
+        path = os.path.dirname(path)
 
 
 def _write_json(c, name, data):
@@ -151,7 +166,7 @@ def _start_and_wait(c):
         raise UsageError("no command given and the image has no CMD")
     env = environment(c.image, c.spec.process.env, c.hostname)
     errors_r, errors_w = os.pipe2(os.O_CLOEXEC)   # closes by itself when exec succeeds
-    ready_r, ready_w = os.pipe()
+    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
     go_r, go_w = os.pipe()
     pid = namespaces.fork_into(c.namespaces)
     if pid == 0:
@@ -164,12 +179,14 @@ def _start_and_wait(c):
     _forward_signals(pid)
     try:
         if os.read(ready_r, 1):                 # empty: the child died before it was ready
-            _write_json(c, "state.json", {"Status": "running", "Pid": pid, "StartedAt": time.time(),
-                                          "PidStartTime": containers.pid_start_time(pid)})
             for step in c.steps:
                 if hasattr(step.module, "started"):
                     step.module.started(c, pid)
             os.write(go_w, b"g")
+            # The child may report that PID 1 is a process of its own (see namespaces.settle)
+            pid_1 = int(os.read(ready_r, 32) or pid)
+            _write_json(c, "state.json", {"Status": "running", "Pid": pid_1, "StartedAt": time.time(),
+                                          "PidStartTime": containers.pid_start_time(pid_1)})
     finally:
         os.close(go_w)                          # on failure: the child reads EOF and gives up
         os.close(ready_r)
@@ -187,11 +204,11 @@ def _child(c, argv, env, errors_w, ready_w, go_r):
     try:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.write(ready_w, b"r")
-        os.close(ready_w)
         if os.read(go_r, 1) != b"g":
             os._exit(125)                       # the parent failed; it reports why
         os.close(go_r)
-        namespaces.settle(c)                    # first: everything else happens inside them
+        namespaces.settle(c, ready_w)           # first: everything else happens inside them
+        os.close(ready_w)
         for step in c.steps:
             if hasattr(step.module, "in_child"):
                 step.module.in_child(c)

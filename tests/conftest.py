@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -100,9 +101,11 @@ def host_state_diff(before, after):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def labtool_root(tmp_path_factory):
+def labtool_root():
     """A labtool root of the test run's own, and the guard that the host is left clean."""
-    root = str(tmp_path_factory.mktemp("labtool-root"))
+    # like /var/lib/labtool: others may pass through, so --userns (uid 100000) can reach it
+    root = tempfile.mkdtemp(prefix="labtool-test-")
+    os.chmod(root, 0o711)
     old = os.environ.get("LABTOOL_ROOT")
     os.environ["LABTOOL_ROOT"] = root
     os.environ["PYTHONPATH"] = REPO + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
@@ -117,6 +120,8 @@ def labtool_root(tmp_path_factory):
         os.environ.pop("LABTOOL_ROOT")
     else:
         os.environ["LABTOOL_ROOT"] = old
+    if not problems:
+        shutil.rmtree(root)
     assert not problems, "the tests left things on the host:\n" + "\n".join(problems)
 
 
