@@ -17,10 +17,7 @@ joins an existing one (that is what ``docker exec`` and ``--ipc container:NAME``
 when the links are the same.
 """
 
-import fcntl
 import os
-import socket
-import struct
 
 from labtool import explain, syscalls
 from labtool.errors import UsageError
@@ -169,12 +166,19 @@ def write_id_maps(pid):
 
 def bring_loopback_up():
     """``ip link set lo up`` in a new network namespace, where lo starts down (netdevice(7))."""
+    import fcntl
+    import struct
+
+    AF_INET, SOCK_DGRAM = 2, 2
     SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
     explain.say("namespaces", "ioctl(SIOCSIFFLAGS, lo, IFF_UP)", "a new network namespace has only lo, and it is down")
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    fd = syscalls.socket(AF_INET, SOCK_DGRAM)
+    try:
         ifreq = struct.pack("16sH14x", b"lo", 0)
-        flags = struct.unpack("16sH14x", fcntl.ioctl(s, SIOCGIFFLAGS, ifreq))[1]
-        fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+        flags = struct.unpack("16sH14x", fcntl.ioctl(fd, SIOCGIFFLAGS, ifreq))[1]
+        fcntl.ioctl(fd, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+    finally:
+        os.close(fd)
 
 
 # --- the step, as runtime.py calls it ----------------------------------------------------

@@ -312,7 +312,6 @@ def exec_in(name, argv, env=(), cwd="", user="", explain_it=False):
 
 def remove(container_dir):
     """Delete a container's directory, after making sure nothing is mounted in it."""
-    mounts.unmount_under(container_dir)
-    if mounts.mounts_under(container_dir):
+    if mounts.unmount_under(container_dir) and mounts.mounts_under(container_dir):
         raise LabtoolError(f"refusing to delete {container_dir}: something is still mounted in it")
     shutil.rmtree(container_dir, ignore_errors=True)

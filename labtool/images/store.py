@@ -11,16 +11,13 @@ Layout (see the OCI image-spec, image-layout.md)::
                                        "diff id"); containers read their files from here
 
 An image is: a manifest (which config, which layers) + a config (env, cmd, history).
+
+(``labtool run`` only reads the store: the modules that write it, hashlib, gzip and
+tarfile, are imported where they are used, to keep container start-up fast.)
 """
 
-import fcntl
-import gzip
-import hashlib
-import io
 import json
 import os
-import tarfile
-import tempfile
 from dataclasses import dataclass
 
 from labtool import paths
@@ -95,6 +92,8 @@ def find(ref):
 
 def write_blob(data):
     """Store bytes under their sha256; return the descriptor digest."""
+    import hashlib
+
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     path = _blob_path(digest)
     if not os.path.exists(path):
@@ -108,6 +107,10 @@ def write_blob(data):
 
 def unpack_layer(tar_bytes, diff_id):
     """Unpack a layer tar once into ``layers/<hex>``; return that directory."""
+    import io
+    import tarfile
+    import tempfile
+
     target = os.path.join(paths.layers_dir(), diff_id.split(":", 1)[1])
     if os.path.isdir(target):
         return target
@@ -126,6 +129,8 @@ def unpack_layer(tar_bytes, diff_id):
 def _safe_paths_keep_modes(member, path):
     """Refuse members that would land outside the layer (absolute paths, "..", links out),
     as tarfile's "tar" filter does, but keep their modes: an image's /tmp is 1777."""
+    import tarfile
+
     tarfile.tar_filter(member, path)
     return member
 
@@ -136,6 +141,9 @@ def add_image(ref, layer_tars, config):
     Fills in ``config.rootfs.diff_ids``, writes gzip'd layer blobs, the config, the
     manifest, and records the tag in index.json (under a lock: builds may run at once).
     """
+    import gzip
+    import hashlib
+
     ref = normalize(ref)
     layer_descriptors, diff_ids = [], []
     for tar_bytes in layer_tars:
@@ -160,6 +168,8 @@ def add_image(ref, layer_tars, config):
 
 
 def _update_index(ref, descriptor):
+    import fcntl
+
     images = paths.images_dir()
     os.makedirs(images, exist_ok=True)
     with open(os.path.join(images, "oci-layout"), "w") as f:
@@ -180,6 +190,9 @@ def layer_tar(files):
 
     Fixed owners and times make the same content give the same digest on every machine.
     """
+    import io
+    import tarfile
+
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for info, data in files:
