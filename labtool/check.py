@@ -21,7 +21,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import textwrap
 
@@ -110,7 +109,7 @@ def rootfs_ready(path):
         if p.returncode == 127:
             _fail(f"/bin/sh runs, but /bin/{program} is not there",
                   "make a link in bin/ for every applet that `busybox --list` prints, not only sh")
-    _ok("Your rootfs runs /bin/sh and ls under chroot: correct")
+    _ok("Your rootfs runs /bin/sh, ls, cat and ps under chroot: correct")
 
 
 def bash_runs(path):
@@ -170,6 +169,8 @@ except OSError as e:
 except Exception as e:
     done(stage="call", errno=None, error=f"{{type(e).__name__}}: {{e}}")
 is_rootfs, is_host = same(os.stat("/"), TARGET), same(os.stat("/"), HOST)
+if not is_rootfs:      # never try the escape (it makes /.escape) anywhere but in the rootfs
+    done(stage="done", is_rootfs=is_rootfs, is_host=is_host, escaped=None)
 try:
     rootfs.escape()
 except OSError as e:
@@ -186,6 +187,8 @@ def pivot_root_holds(func, rootfs_path):
     source = textwrap.dedent(inspect.getsource(func))
     if re.search(r"\brootfs\.(pivot_root|make_mounts_private)\b", source):
         _fail("your function calls labtool.rootfs", "write the steps yourself with os and syscalls")
+    if not isinstance(rootfs_path, str) or os.path.realpath(rootfs_path) == "/":
+        _fail(f"{rootfs_path!r} is not a rootfs of its own", "pass the directory of the first exercise, MY_ROOTFS")
     if not os.path.isdir(rootfs_path) or not os.path.lexists(os.path.join(rootfs_path, "bin", "sh")):
         _fail(f"{rootfs_path!r} is not a root filesystem", "do the first exercise (rootfs_ready) first")
     root = os.path.realpath(rootfs_path)

@@ -31,7 +31,7 @@ def copy_layers(layers, target):
 
 
 def chroot(new_root):
-    explain.say("chroot", f"chroot({new_root!r})", "the process now sees this directory as /")
+    explain.say("chroot", "chroot(<rootfs>)", "the process now sees this directory as /")
     os.chroot(new_root)
     os.chdir("/")
 
@@ -61,6 +61,7 @@ def make_mounts_private():
     On systemd hosts "/" is a shared mount: without this, every mount we make next would
     appear on the host too, and pivot_root would refuse with EINVAL.
     """
+    syscalls.require_new_namespace("mnt", "making / private")
     explain.say("chroot", 'mount("/", MS_REC|MS_PRIVATE)', "our mounts must not propagate to the host")
     syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
 
@@ -172,7 +173,7 @@ def write_etc_files(c):
 def prepare(c):
     """Host side: give the container its own copy of the image's files (until step 04)."""
     if c.storage == "vfs":
-        explain.say("chroot", f"copy {len(c.image.layers)} layer(s) -> {c.rootfs}",
+        explain.say("chroot", f"copy {len(c.image.layers)} layer(s) -> <rootfs>",
                     "vfs driver: a private copy of the image")
         copy_layers(c.image.layers, c.rootfs)
         make_mountpoints(c.rootfs)
@@ -185,7 +186,7 @@ def prepare(c):
         # mount it from here and take it down in teardown. It shows the *host's*
         # processes, which is exactly the lesson of notebook 01.
         proc = os.path.join(c.rootfs, "proc")
-        explain.say("chroot", f"mount proc on {proc}", "a host mount: no mount namespace yet")
+        explain.say("chroot", "mount proc on <rootfs>/proc", "a host mount: no mount namespace yet")
         syscalls.mount("proc", proc, "proc", syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC)
 
 

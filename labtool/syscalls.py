@@ -90,6 +90,7 @@ def umount2(target, flags=0):
 def pivot_root(new_root, put_old):
     """Make ``new_root`` the root of this mount namespace, moving the old root to
     ``put_old`` (man 2 pivot_root). Unlike chroot, this changes the mount tree itself."""
+    require_new_namespace("mnt", "pivot_root")
     nr = _PIVOT_ROOT_NR.get(os.uname().machine)
     if nr is None:
         raise OSError(38, f"pivot_root: unknown syscall number on {os.uname().machine}")
@@ -97,18 +98,20 @@ def pivot_root(new_root, put_old):
            f"pivot_root({new_root!r}, {put_old!r})")
 
 
-# The UTS namespace labtool was started in: sethostname() refuses to rename it.
-_HOME_UTS = os.stat("/proc/self/ns/uts").st_ino
+# Safety nets for a lab machine: the namespaces labtool was started in. sethostname()
+# there would rename the host, pivot_root() there would move the host's root away.
+_HOME = {kind: os.stat(f"/proc/self/ns/{kind}").st_ino for kind in ("uts", "mnt")}
+
+
+def require_new_namespace(kind, what):
+    """Refuse ``what`` unless this process has left the ``kind`` namespace it started in."""
+    if os.stat(f"/proc/self/ns/{kind}").st_ino == _HOME[kind]:
+        raise OSError(1, f"{what} refused: not in a new {kind} namespace (it would change the host)")
 
 
 def sethostname(name):
-    """Set the hostname of the current UTS namespace (man 2 sethostname).
-
-    Safety net for a lab machine: called in the UTS namespace labtool started in, it would
-    rename the host, so it refuses unless the caller has entered a new UTS namespace.
-    """
-    if os.stat("/proc/self/ns/uts").st_ino == _HOME_UTS:
-        raise OSError(1, "sethostname refused: not in a new UTS namespace (would rename the host)")
+    """Set the hostname of the current UTS namespace (man 2 sethostname)."""
+    require_new_namespace("uts", "sethostname")
     data = name.encode()
     _check(_libc.sethostname(data, ctypes.c_size_t(len(data))), f"sethostname({name!r})")
 
