@@ -48,11 +48,11 @@ def ns_of(pid="self"):
     return result
 
 
-def plan(spec, find_running):
+def plan(spec, donor_pid):
     """Decide each namespace of a container: {kind: None (a new one) or a path to join}.
 
-    Kinds missing from the result stay the host's. ``find_running(name)`` returns the
-    pid of a running container (for ``container:NAME``).
+    Kinds missing from the result stay the host's. ``donor_pid(name, kind)`` returns the
+    pid of the running container whose namespace ``container:NAME`` joins.
     """
     ns = spec.namespaces
     result = {"mnt": None, "net": None, "cgroup": None}
@@ -60,16 +60,13 @@ def plan(spec, find_running):
                                 ("uts", ns.uts, ("private", "host")),
                                 ("ipc", ns.ipc, ("private", "shareable", "host", "container:")),
                                 ("user", ns.user, ("private", "host"))):
-        if mode in ("private", "shareable"):
+        if mode.startswith("container:") and "container:" in allowed and mode != "container:":
+            result[kind] = f"/proc/{donor_pid(mode.split(':', 1)[1], kind)}/ns/{kind}"
+        elif mode not in allowed or mode == "container:":
+            choices = ", ".join(a + "NAME" if a == "container:" else a for a in allowed)
+            raise UsageError(f"invalid --{kind} value '{mode}': use {choices}")
+        elif mode != "host":
             result[kind] = None
-        elif mode == "host":
-            pass
-        elif mode.startswith("container:") and "container:" in allowed and mode != "container:":
-            result[kind] = f"/proc/{find_running(mode.split(':', 1)[1])}/ns/{kind}"
-        else:
-            raise UsageError(f"invalid --{kind} value '{mode}': use {', '.join(a + ('NAME' if a.endswith(':') else '') for a in allowed)}")
-        if mode not in allowed and not mode.startswith("container:"):
-            raise UsageError(f"invalid --{kind} value '{mode}': use {', '.join(allowed)}")
     return result
 
 

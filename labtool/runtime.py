@@ -84,7 +84,7 @@ def new_container(spec):
     c = Container(spec=spec, image=image, id=spec.id, dir=paths.container_dir(spec.id),
                   rootfs=os.path.join(paths.container_dir(spec.id), "rootfs"), steps=steps)
     if "namespaces" in names:
-        c.namespaces = namespaces.plan(spec, lambda name: containers.find_running(name)[1])
+        c.namespaces = namespaces.plan(spec, _donor_pid)
     if spec.hostname and c.namespaces.get("uts", 0) is not None:
         raise UsageError("--hostname needs a UTS namespace of the container's own (step 02); "
                          "without one it would rename the host")
@@ -98,6 +98,15 @@ def new_container(spec):
     os.makedirs(c.dir)
     _write_json(c, "config.json", asdict(spec))
     return c
+
+
+def _donor_pid(name, kind):
+    """The pid of running container ``name`` whose ``kind`` namespace a new one joins."""
+    record, pid = containers.find_running(name)
+    if kind == "ipc" and record.config.get("namespaces", {}).get("ipc") != "shareable":
+        raise UsageError(f"cannot join the IPC namespace of {name}: it is private "
+                         f"(start it with --ipc shareable)")
+    return pid
 
 
 def _check_reachable_from_userns(path):

@@ -101,6 +101,9 @@ def test_ipc_private_vs_container_join(run, background):
     assert count("--ipc", "container:ipc-a") == 2      # the segment made in ipc-a
     p = run("run", "--rm", "--ipc", "container:nosuch", "busybox", "true")
     assert p.returncode == 125 and p.stderr == "labtool: No such container: nosuch\n"
+    background("ipc-private")
+    p = run("run", "--rm", "--ipc", "container:ipc-private", "busybox", "true")
+    assert p.returncode == 125 and "it is private (start it with --ipc shareable)" in p.stderr
 
 
 def test_bad_namespace_modes_are_one_clear_line(run):
