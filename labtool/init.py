@@ -16,6 +16,8 @@ and exits with the command's exit code when the command ends (like tini or
 import os
 import signal
 
+from labtool import process
+
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT)
 
@@ -28,14 +30,7 @@ def run_as_init(start_command):
             signal.signal(sig, signal.SIG_DFL)
         start_command()                      # never returns
 
-    def forward(signum, _frame):
-        try:
-            os.kill(child, signum)
-        except ProcessLookupError:
-            pass
-
-    for sig in FORWARDED:
-        signal.signal(sig, forward)
+    process.forward_signals(child, FORWARDED)
     while True:
         try:
             pid, status = os.wait()          # reaps the command and any orphan
@@ -44,5 +39,4 @@ def run_as_init(start_command):
         except InterruptedError:
             continue
         if pid == child:
-            os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status)
-                     else 128 + os.WTERMSIG(status))
+            os._exit(process.exit_code(status))

@@ -19,7 +19,7 @@ when the links are the same.
 
 import os
 
-from labtool import explain, syscalls
+from labtool import explain, process, syscalls
 from labtool.errors import UsageError
 
 KINDS = {
@@ -217,18 +217,11 @@ def _become_pid_1(report_fd):
         return
     os.write(report_fd, str(pid).encode())
     os.close(report_fd)
-
-    def forward(signum, _frame):
-        try:
-            os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
-        signal.signal(sig, forward)
+    process.forward_signals(pid)
     while True:
         try:
             _, status = os.waitpid(pid, 0)
             break
         except InterruptedError:
             continue
-    os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
+    os._exit(process.exit_code(status))

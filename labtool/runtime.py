@@ -22,7 +22,7 @@ import signal
 import time
 from dataclasses import asdict, dataclass, field
 
-from labtool import explain, images, init, mounts, namespaces, overlay, paths, rootfs, users
+from labtool import explain, images, init, mounts, namespaces, overlay, paths, process, rootfs, users
 from labtool.engine import containers
 from labtool.errors import CommandNotExecutable, CommandNotFound, LabtoolError, UsageError
 from labtool.spec import ContainerSpec
@@ -185,7 +185,7 @@ def _start_and_wait(c):
     for fd in (errors_w, ready_w, go_r):
         os.close(fd)
     c.pid = pid
-    _forward_signals(pid)
+    process.forward_signals(pid)   # like docker's sig-proxy
     try:
         if os.read(ready_r, 1):                 # empty: the child died before it was ready
             for step in c.steps:
@@ -200,12 +200,17 @@ def _start_and_wait(c):
         os.close(go_w)                          # on failure: the child reads EOF and gives up
         os.close(ready_r)
         _, status = os.waitpid(pid, 0)
+    return _outcome(status, errors_r)
+
+
+def _outcome(status, errors_r):
+    """The command's exit code; or, if it never started, the error its child reported."""
     problem = os.read(errors_r, 4096).decode()
     os.close(errors_r)
     if problem:
         code, _, message = problem.partition(" ")
         raise {"126": CommandNotExecutable, "127": CommandNotFound}.get(code, LabtoolError)(message)
-    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+    return process.exit_code(status)
 
 
 def _child(c, argv, env, errors_w, ready_w, go_r):
@@ -276,17 +281,6 @@ def _lookup(command, path):
     raise CommandNotFound(f'exec: "{command}": executable file not found in $PATH')
 
 
-def _forward_signals(pid):
-    """Pass the signals a user sends labtool on to the container (like docker's sig-proxy)."""
-    def forward(signum, _frame):
-        try:
-            os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
-        signal.signal(sig, forward)
-
-
 def exec_in(name, argv, env=(), cwd="", user="", explain_it=False):
     """``labtool exec``: run a command inside a running container (setns, then fork)."""
     explain.enabled = explain_it
@@ -309,14 +303,9 @@ def exec_in(name, argv, env=(), cwd="", user="", explain_it=False):
         except BaseException as e:
             _report(errors_w, e, argv)
     os.close(errors_w)
-    _forward_signals(pid)
+    process.forward_signals(pid)   # like docker's sig-proxy
     _, status = os.waitpid(pid, 0)
-    problem = os.read(errors_r, 4096).decode()
-    os.close(errors_r)
-    if problem:
-        code, _, message = problem.partition(" ")
-        raise {"126": CommandNotExecutable, "127": CommandNotFound}.get(code, LabtoolError)(message)
-    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+    return _outcome(status, errors_r)
 
 
 def remove(container_dir):
