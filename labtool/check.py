@@ -231,3 +231,220 @@ def pivot_root_holds(func, rootfs_path):
             hint = "a chroot can be left by a root process: use pivot_root, then detach the old root"
         _fail("the chroot escape got out to the host's /", hint)
     _ok("Your pivot_root holds: / is the rootfs and the chroot escape stays inside: correct")
+
+
+# --- 02-namespaces ---------------------------------------------------------------------
+
+import signal as _signal  # noqa: E402
+import socket as _socket  # noqa: E402
+import sys as _sys  # noqa: E402
+import time as _time  # noqa: E402
+
+from labtool import namespaces as _namespaces  # noqa: E402
+from labtool.engine import containers as _containers  # noqa: E402
+from labtool.errors import LabtoolError as _LabtoolError  # noqa: E402
+
+
+def _container_command(command, example):
+    """A learner's answer must be a shell command that starts a container with labtool."""
+    if not isinstance(command, str) or not command.strip():
+        _fail(f"{command!r} is not a shell command", f'write it as a string, like "{example}"')
+    if not re.search(r"\blabtool\s+(run|exec)\b", command):
+        _fail("your command does not start a container",
+              f"the answer is a labtool command, like \"{example}\"")
+
+
+def _run_answer(command, timeout=20):
+    try:
+        return notebook.sh(command, quiet=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _fail(f"your command did not end within {timeout} seconds",
+              "the container's command should print something and exit")
+
+
+class _Background:
+    """``labtool run --rm --name NAME FLAGS busybox CMD`` in the background, for one check.
+
+    Used as ``with _Background("postbox", "--ipc", "shareable") as pid:``; ``pid`` is the
+    container's PID 1 as the host sees it. On the way out it is killed (SIGKILL from the
+    parent PID namespace always reaches a PID 1) and labtool removes the container.
+    """
+
+    def __init__(self, name, *flags, command=("sleep", "20"), ready=None):
+        self.name, self.flags, self.command, self.ready = name, flags, command, ready
+        self.process, self.pid = None, 0
+
+    def __enter__(self):
+        env = dict(os.environ)
+        env["PYTHONPATH"] = notebook.REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        self.process = subprocess.Popen(
+            [_sys.executable, "-m", "labtool", "run", "--rm", "--name", self.name, *self.flags, "busybox",
+             *self.command], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        deadline = _time.time() + 10
+        while _time.time() < deadline and self.process.poll() is None:
+            try:
+                self.pid = _containers.find_running(self.name)[1]
+            except _LabtoolError:
+                self.pid = 0
+            if self.pid and (self.ready is None or os.path.exists(f"/proc/{self.pid}/root{self.ready}")):
+                return self.pid
+            _time.sleep(0.02)
+        self.__exit__()
+        raise RuntimeError(f"the check could not start its container {self.name}: "
+                           f"{self.process.stderr.read().decode().strip() or 'it did not come up'}")
+
+    def __exit__(self, *_exc):
+        if not self.pid and self.process.poll() is None:
+            try:
+                self.pid = _containers.find_running(self.name)[1]
+            except _LabtoolError:
+                pass
+        if self.pid and self.process.poll() is None:
+            try:
+                os.kill(self.pid, _signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process.stderr.close()
+
+
+def private_hostname(command):
+    """Exercise "make the hostname private": ``command`` runs ``hostname`` in a container
+    whose hostname is ``lab``, and the host keeps its own."""
+    example = "labtool run --rm ... busybox hostname"
+    _container_command(command, example)
+    before = _socket.gethostname()
+    r = _run_answer(command)
+    after = _socket.gethostname()
+    if after != before:
+        subprocess.run(["hostname", before], check=False)      # put the host's name back at once
+        _fail(f"your command renamed the host to {after!r} (the check has set it back to {before!r})",
+              "a process in the host's UTS namespace changed the hostname: give the container a UTS "
+              "namespace of its own (labtool's default) and let labtool set the name with --hostname")
+    if r.code != 0:
+        message = (r.err.strip().splitlines() or [f"exit code {r.code}"])[-1]
+        hint = "run it in a cell with sh(...) and read the error"
+        if "UTS namespace" in message:
+            hint = ("--uts host or --upto chroot share the host's UTS namespace: a hostname set there would "
+                    "rename the host, so labtool refuses. Keep the container's own UTS namespace")
+        _fail(f"your command failed: {message}", hint)
+    lines = r.out.strip().splitlines()
+    got = lines[-1] if lines else ""
+    if got == "lab":
+        _ok("The container calls itself lab, and the host kept its own name: correct")
+        return
+    if got == before:
+        hint = "that is the host's name: the container shares the host's UTS namespace (--uts host?)"
+    elif re.fullmatch(r"[0-9a-f]{12}", got):
+        hint = "that is labtool's default, the start of the container id: choose the name with --hostname"
+    else:
+        hint = "the last line your command prints must be the container's hostname, lab"
+    _fail(f"the container's hostname came out as {got!r}, not 'lab'", hint)
+
+
+def pid_one(command):
+    """Exercise "your command is PID 1": ``command`` prints the shell's ``$$`` in a container."""
+    example = "labtool run --rm busybox sh -c 'echo $$'"
+    _container_command(command, example)
+    if "$$" not in command:
+        _fail("your command does not print $$", f"let the container's shell say its own PID: {example}")
+    r = _run_answer(command)
+    if r.code != 0:
+        message = (r.err.strip().splitlines() or [f"exit code {r.code}"])[-1]
+        _fail(f"your command failed: {message}", "run it in a cell with sh(...) and read the error; "
+              "mind the quotes: $$ must reach the container's shell, not the notebook's bash")
+    got = (r.out.strip().splitlines() or [""])[-1].strip()
+    if got == "1":
+        _ok("PID 1 inside the container is your shell: correct")
+        return
+    if got == "2" and "--init" in command:
+        hint = "with --init, labtool's init is PID 1 and your shell is its first child: drop --init"
+    elif got.isdigit() and "--pid" in command:
+        hint = "with --pid host the container shares the host's PID namespace: its shell gets a host PID"
+    elif got.isdigit():
+        hint = ("that is a PID of the host's namespace: was $$ expanded by the notebook's bash before "
+                "labtool ran? Put the container's command in single quotes: sh -c 'echo $$'")
+    else:
+        hint = "the last line your command prints must be the value of $$ inside the container"
+    _fail(f"the shell's PID came out as {got!r}, not 1", hint)
+
+
+def joins_ipc(command):
+    """Exercise "join a container's IPC namespace": with container ``postbox`` running (it
+    has a message queue), ``command`` lists the queues of postbox's IPC namespace."""
+    example = "labtool run --rm ... busybox ls /dev/mqueue"
+    _container_command(command, example)
+    if "postbox" not in command:
+        _fail("your command does not name the container postbox",
+              "the IPC namespace to join is the one of the running container named postbox")
+    queue = "letter-" + os.urandom(3).hex()
+    try:
+        with _Background("postbox", "--ipc", "shareable", ready=f"/dev/mqueue/{queue}",
+                         command=("sh", "-c", f"touch /dev/mqueue/{queue}; exec sleep 20")):
+            r = _run_answer(command)
+    except RuntimeError as e:
+        _fail(str(e), "is a container named postbox still running from an earlier try? "
+              "labtool reset removes every container")
+    if r.code != 0:
+        message = (r.err.strip().splitlines() or [f"exit code {r.code}"])[-1]
+        hint = "--ipc takes private, shareable, host or container:NAME; run it with sh(...) to see more"
+        if "/dev/mqueue" in message and "--ipc host" in command:
+            hint = "with --ipc host the container uses the host's IPC namespace, not postbox's"
+        _fail(f"your command failed: {message}", hint)
+    if queue not in r.out:
+        _fail("postbox's queue is not in your command's output",
+              "a new container gets a new, empty IPC namespace: ask labtool to join "
+              "postbox's one with --ipc container:postbox")
+    if re.search(r"\blabtool\s+exec\b", command):
+        _ok("You see postbox's queue (labtool exec joins all its namespaces; "
+            "--ipc container:postbox would join only the IPC one): correct")
+        return
+    _ok("Your container sees postbox's message queue: it joined postbox's IPC namespace: correct")
+
+
+def shared_namespaces(func):
+    """Exercise "which namespaces do two processes share": ``func(pid_a, pid_b)`` returns
+    the kinds (names such as "net") in which the two processes are in the same namespace."""
+    if not callable(func):
+        _fail(f"{func!r} is not a function", "define it with def shared_namespaces(pid_a, pid_b): ...")
+    kinds = list(_namespaces.KINDS)
+
+    def truth(a, b):
+        mine, theirs = _namespaces.ns_of(a), _namespaces.ns_of(b)
+        return {k for k in kinds if mine.get(k) is not None and mine.get(k) == theirs.get(k)}
+
+    with _Background("check-ns-a", "--ipc", "shareable", command=("sleep", "20")) as a, \
+            _Background("check-ns-b", "--uts", "host", "--ipc", "container:check-ns-a",
+                        command=("sleep", "20")) as b:
+        pairs = [("this notebook's kernel", os.getpid(), "itself", os.getpid()),
+                 ("this notebook's kernel", os.getpid(), "a default container", a),
+                 ("a default container", a, "a container with --uts host --ipc container:<the first>", b),
+                 ("this notebook's kernel", os.getpid(), "the container with --uts host ...", b)]
+        for name_a, pid_a, name_b, pid_b in pairs:
+            expected = truth(pid_a, pid_b)
+            try:
+                answer = func(pid_a, pid_b)
+            except Exception as e:
+                _fail(f"your function raised {type(e).__name__}: {e}",
+                      "read /proc/PID/ns/KIND of both pids: os.readlink gives names like 'net:[4026531840]'")
+            if isinstance(answer, str) or not hasattr(answer, "__iter__"):
+                _fail(f"your function returned {answer!r}", 'return a set of kind names, like {"user", "net"}')
+            got = {str(k) for k in answer} & set(kinds)     # other entries (time, ...) are not judged
+            if got != expected:
+                missing, extra = sorted(expected - got), sorted(got - expected)
+                what = "; ".join(filter(None, (missing and f"missing {', '.join(missing)}",
+                                               extra and f"not shared but given: {', '.join(extra)}")))
+                hint = ("compare the two processes' /proc/PID/ns/KIND links (os.readlink), kind by kind, "
+                        f"for {', '.join(kinds)}")
+                if got == set(kinds) and expected != got:
+                    hint = ("you say they share everything: compare the link targets (the namespace's "
+                            "inode number), not the link names")
+                elif pid_a != os.getpid() and got == truth("self", pid_b):
+                    hint = "compare the two pids you are given: your answer is for this notebook and pid_b"
+                _fail(f"{name_a} and {name_b}: {what}", hint)
+    _ok("Your function tells which namespaces two live processes share "
+        "(kernel and container: only user; --uts host and --ipc container: share those too): correct")

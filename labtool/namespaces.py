@@ -88,13 +88,17 @@ def fork_into(namespaces):
     """
     parent_does_pid = "pid" in namespaces and not _new_userns(namespaces)
     if parent_does_pid:
-        _enter("pid", namespaces["pid"], "the next child will be PID 1 of a new PID namespace")
+        _enter("pid", namespaces["pid"], "the next child will be PID 1 of a new PID namespace"
+               if namespaces["pid"] is None else "the next child joins that PID namespace")
+    pid = -1
     try:
         pid = os.fork()
     finally:
         if parent_does_pid and pid != 0:
             _enter("pid", "/proc/self/ns/pid", None)     # step back: our next children are on the host
     if pid == 0:
+        # if labtool dies (even by kill -9), so does the container: nothing runs on unseen
+        syscalls.prctl(syscalls.PR_SET_PDEATHSIG, 9)
         for kind, path in namespaces.items():
             if path is not None and not (kind == "pid" and parent_does_pid):
                 _enter(kind, path, f"join {kind} namespace")

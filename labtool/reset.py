@@ -12,7 +12,6 @@ Everything labtool creates on the host is named so it can be found again (DESIGN
 Between two groups of learners a lecturer runs ``sudo labtool reset``.
 """
 
-import json
 import os
 import shutil
 import signal
@@ -22,18 +21,17 @@ from labtool import mounts, paths
 
 
 def _kill_containers():
+    """SIGKILL the PID 1 of every container still running (checked by its start time, so a
+    reused pid number is never hit)."""
+    from labtool.engine import containers
+
     said = []
-    root = paths.containers_dir()
-    for cid in sorted(os.listdir(root)) if os.path.isdir(root) else []:
-        try:
-            with open(os.path.join(root, cid, "state.json")) as f:
-                pid = json.load(f).get("Pid") or 0
-        except (OSError, ValueError):
-            continue
-        if pid > 0:
+    for record in containers.all_records():
+        pid = record.running_pid
+        if pid:
             try:
                 os.kill(pid, signal.SIGKILL)
-                said.append(f"killed container {cid[:12]} (pid {pid})")
+                said.append(f"killed container {record.id[:12]} (pid {pid})")
             except ProcessLookupError:
                 pass
     return said

@@ -88,6 +88,9 @@ def new_container(spec):
     if spec.hostname and c.namespaces.get("uts", 0) is not None:
         raise UsageError("--hostname needs a UTS namespace of the container's own (step 02); "
                          "without one it would rename the host")
+    if c.namespaces.get("user", 0) is None and "pid" not in c.namespaces:
+        raise UsageError("--userns needs a PID namespace of its own: root of a user namespace "
+                         "may not mount /proc for the host's processes (drop --pid host)")
     if spec.init and "pid" not in c.namespaces:
         raise UsageError("--init needs a PID namespace of the container's own (step 02)")
     if c.namespaces.get("user", 0) is None:
