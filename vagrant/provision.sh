@@ -60,6 +60,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "$want" > "$stamp"
 fi
 ln -sf "$VENV/bin/labtool" /usr/local/bin/labtool
+# Byte-compile labtool now: where PYTHONDONTWRITEBYTECODE is set, every start would compile it again.
+"$VENV/bin/python" -m compileall -q "$REPO/labtool" >/dev/null
 
 # --- the base image -------------------------------------------------------------------
 # Made offline from /bin/busybox; `labtool run` would make it on first use anyway.
