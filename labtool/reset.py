@@ -138,6 +138,8 @@ def reset(images=False):
             if mounts.mounts_under(path):
                 said.append(f"kept {path}: something is still mounted in it")
                 continue
+            had_content = bool(os.listdir(path))
             shutil.rmtree(path)
-            said.append(f"removed {path}")
+            if had_content:
+                said.append(f"removed {path}")
     return said or ["nothing to remove"]
