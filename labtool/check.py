@@ -21,10 +21,16 @@ import json
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
+import sys
 import textwrap
+import time
 
-from labtool import notebook
+from labtool import namespaces, notebook
+from labtool.engine import containers
+from labtool.errors import LabtoolError
 
 
 def _ok(message):
@@ -235,16 +241,6 @@ def pivot_root_holds(func, rootfs_path):
 
 # --- 02-namespaces ---------------------------------------------------------------------
 
-import signal as _signal  # noqa: E402
-import socket as _socket  # noqa: E402
-import sys as _sys  # noqa: E402
-import time as _time  # noqa: E402
-
-from labtool import namespaces as _namespaces  # noqa: E402
-from labtool.engine import containers as _containers  # noqa: E402
-from labtool.errors import LabtoolError as _LabtoolError  # noqa: E402
-
-
 def _container_command(command, example):
     """A learner's answer must be a shell command that starts a container with labtool."""
     if not isinstance(command, str) or not command.strip():
@@ -278,17 +274,17 @@ class _Background:
         env = dict(os.environ)
         env["PYTHONPATH"] = notebook.REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         self.process = subprocess.Popen(
-            [_sys.executable, "-m", "labtool", "run", "--rm", "--name", self.name, *self.flags, "busybox",
+            [sys.executable, "-m", "labtool", "run", "--rm", "--name", self.name, *self.flags, "busybox",
              *self.command], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-        deadline = _time.time() + 10
-        while _time.time() < deadline and self.process.poll() is None:
+        deadline = time.time() + 10
+        while time.time() < deadline and self.process.poll() is None:
             try:
-                self.pid = _containers.find_running(self.name)[1]
-            except _LabtoolError:
+                self.pid = containers.find_running(self.name)[1]
+            except LabtoolError:
                 self.pid = 0
             if self.pid and (self.ready is None or os.path.exists(f"/proc/{self.pid}/root{self.ready}")):
                 return self.pid
-            _time.sleep(0.02)
+            time.sleep(0.02)
         self.__exit__()
         raise RuntimeError(f"the check could not start its container {self.name}: "
                            f"{self.process.stderr.read().decode().strip() or 'it did not come up'}")
@@ -296,12 +292,12 @@ class _Background:
     def __exit__(self, *_exc):
         if not self.pid and self.process.poll() is None:
             try:
-                self.pid = _containers.find_running(self.name)[1]
-            except _LabtoolError:
+                self.pid = containers.find_running(self.name)[1]
+            except LabtoolError:
                 pass
         if self.pid and self.process.poll() is None:
             try:
-                os.kill(self.pid, _signal.SIGKILL)
+                os.kill(self.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         try:
@@ -317,9 +313,9 @@ def private_hostname(command):
     whose hostname is ``lab``, and the host keeps its own."""
     example = "labtool run --rm ... busybox hostname"
     _container_command(command, example)
-    before = _socket.gethostname()
+    before = socket.gethostname()
     r = _run_answer(command)
-    after = _socket.gethostname()
+    after = socket.gethostname()
     if after != before:
         subprocess.run(["hostname", before], check=False)      # put the host's name back at once
         _fail(f"your command renamed the host to {after!r} (the check has set it back to {before!r})",
@@ -411,10 +407,10 @@ def shared_namespaces(func):
     the kinds (names such as "net") in which the two processes are in the same namespace."""
     if not callable(func):
         _fail(f"{func!r} is not a function", "define it with def shared_namespaces(pid_a, pid_b): ...")
-    kinds = list(_namespaces.KINDS)
+    kinds = list(namespaces.KINDS)
 
     def truth(a, b):
-        mine, theirs = _namespaces.ns_of(a), _namespaces.ns_of(b)
+        mine, theirs = namespaces.ns_of(a), namespaces.ns_of(b)
         return {k for k in kinds if mine.get(k) is not None and mine.get(k) == theirs.get(k)}
 
     with _Background("check-ns-a", "--ipc", "shareable", command=("sleep", "20")) as a, \

@@ -5,13 +5,15 @@ line: id, parent id, major:minor, root, mount point, options, ... ``-`` fstype s
 """
 
 import os
+import re
 
 from labtool import syscalls
 
 
 def _unescape(field):
-    # mountinfo writes space, tab, newline and backslash as octal escapes (\040 ...)
-    return field.encode().decode("unicode_escape") if "\\" in field else field
+    # mountinfo writes space, tab, newline and backslash as octal escapes (\040 ...);
+    # only those: any other character, non-ASCII included, is written as it is
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field) if "\\" in field else field
 
 
 def mountinfo(pid="self"):

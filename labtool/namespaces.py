@@ -117,7 +117,7 @@ def _new_userns(namespaces):
 
 def _enter(kind, path, why):
     if path is None:
-        explain.say("namespaces", f"unshare({[n for n, f in FLAG_NAMES.items() if f == KINDS[kind]][0]})", why)
+        explain.say("namespaces", f"unshare({explain.flag_names(KINDS[kind], FLAG_NAMES)})", why)
         syscalls.unshare(KINDS[kind])
         return
     if why:
