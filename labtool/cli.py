@@ -1,9 +1,13 @@
 """The ``labtool`` command line: docker-style commands over the runtime and the stores.
 
     labtool run [--rm] [--upto STEP] [--explain] [--hostname NAME] [--pid|--ipc|--uts MODE]
-                [--userns] [--user U] [--init] [-e K=V] [-w DIR] [--name NAME] IMAGE [CMD...]
+                [--userns] [--user U] [--init] [-e K=V] [-w DIR] [--name NAME]
+                [--memory B] [--memory-swap B] [--cpu-shares N] [--cpus N] [--cpuset-cpus L]
+                [--pids-limit N] [--device D] IMAGE [CMD...]
     labtool exec [-e K=V] [-w DIR] [-u USER] CONTAINER CMD...
     labtool images
+    labtool stats [--no-stream] [CONTAINER...]
+    labtool inspect CONTAINER...
     labtool reset [--all]
     labtool notebooks --student DIR
 
@@ -48,6 +52,17 @@ def _parser():
     run.add_argument("--userns", action="store_true",
                      help="a user namespace: root inside is uid 100000 outside")
     run.add_argument("--init", action="store_true", help="a tiny init as PID 1 that reaps and forwards signals")
+    limits = run.add_argument_group("resource limits (step 03, cgroups)")
+    limits.add_argument("--memory", "-m", default="", metavar="BYTES", help="memory limit, e.g. 64m (units b k m g)")
+    limits.add_argument("--memory-swap", default="", metavar="BYTES",
+                        help="memory plus swap; -1 for unlimited swap (default: twice --memory)")
+    limits.add_argument("--cpu-shares", "-c", type=int, default=0, metavar="N",
+                        help="CPU weight against other busy containers (default 1024)")
+    limits.add_argument("--cpus", type=float, default=0.0, metavar="N", help="at most N CPUs' worth of time, e.g. 0.5")
+    limits.add_argument("--cpuset-cpus", default="", metavar="LIST", help="run only on these CPUs, e.g. 0 or 0-1")
+    limits.add_argument("--pids-limit", type=int, default=0, metavar="N", help="at most N processes (-1: unlimited)")
+    limits.add_argument("--device", action="append", default=[], metavar="HOST[:CONTAINER][:rwm]",
+                        help="give the container a host device")
     run.add_argument("image")
     run.add_argument("args", nargs=argparse.REMAINDER, metavar="CMD")
 
@@ -61,6 +76,13 @@ def _parser():
     ex.add_argument("args", nargs=argparse.REMAINDER, metavar="CMD")
 
     sub.add_parser("images", help="list images")
+
+    stats = sub.add_parser("stats", help="CPU, memory, network, disk and pids of running containers")
+    stats.add_argument("--no-stream", action="store_true", help="print one reading and exit")
+    stats.add_argument("containers", nargs="*", metavar="CONTAINER")
+
+    inspect = sub.add_parser("inspect", help="a container's configuration and state, as JSON")
+    inspect.add_argument("containers", nargs="+", metavar="CONTAINER")
 
     reset = sub.add_parser("reset", help="remove every container and host object labtool made")
     reset.add_argument("--all", action="store_true", help="remove the images too")
@@ -92,8 +114,21 @@ def cmd_run(a):
     spec = ContainerSpec(image=a.image, process=process, name=a.name, hostname=a.hostname,
                          upto=a.upto, explain=a.explain, remove=a.rm, init=a.init,
                          namespaces=Namespaces(pid=a.pid, ipc=a.ipc, uts=a.uts,
-                                               user="private" if a.userns else "host"))
+                                               user="private" if a.userns else "host"),
+                         resources=_resources(a))
     return runtime.run(spec)
+
+
+def _resources(a):
+    """--memory 64m and friends, in Docker's units, as a spec.Resources."""
+    from labtool.cgroups import parse_bytes
+    from labtool.spec import Resources
+
+    shares = a.cpu_shares and min(max(a.cpu_shares, 2), 262144)   # the kernel's range, as docker clamps
+    return Resources(memory=parse_bytes(a.memory, "--memory") if a.memory else 0,
+                     memory_swap=parse_bytes(a.memory_swap, "--memory-swap") if a.memory_swap else 0,
+                     cpu_shares=shares if a.cpu_shares >= 0 else a.cpu_shares, cpus=a.cpus,
+                     cpuset_cpus=a.cpuset_cpus, pids_limit=a.pids_limit, devices=a.device)
 
 
 def cmd_exec(a):
@@ -133,6 +168,41 @@ def _human(n):
         n /= 1000
 
 
+def cmd_stats(a):
+    from labtool.cgroups import stats
+    from labtool.engine import containers
+
+    _needs_root("labtool stats")
+
+    def targets():
+        if not a.containers:
+            return stats.running()
+        found = []
+        for name in a.containers:
+            record, pid = containers.find_running(name)
+            cgroup = stats.cgroups.find(record.id)
+            if cgroup is None:
+                raise LabtoolError(f"container {name} has no cgroup (it runs with --upto before step 03)")
+            found.append((record, pid, cgroup))
+        return found
+
+    if a.no_stream:
+        print(stats.table(stats.measure(targets())))
+        return 0
+    while True:                      # like docker stats: refresh until Ctrl-C
+        table = stats.table(stats.measure(targets()))
+        print("\033[2J\033[H" + table, flush=True)
+
+
+def cmd_inspect(a):
+    import json
+
+    from labtool.engine import containers
+
+    print(json.dumps([containers.inspect(containers.find(name)) for name in a.containers], indent=4))
+    return 0
+
+
 def cmd_reset(a):
     from labtool import reset
 
@@ -150,7 +220,8 @@ def cmd_notebooks(a):
     return 0
 
 
-COMMANDS = {"run": cmd_run, "exec": cmd_exec, "images": cmd_images, "reset": cmd_reset, "notebooks": cmd_notebooks}
+COMMANDS = {"run": cmd_run, "exec": cmd_exec, "images": cmd_images, "stats": cmd_stats, "inspect": cmd_inspect,
+            "reset": cmd_reset, "notebooks": cmd_notebooks}
 
 
 def main(argv=None):

@@ -102,8 +102,10 @@ def fork_into(namespaces):
         for kind, path in namespaces.items():
             if path is not None and not (kind == "pid" and parent_does_pid):
                 _enter(kind, path, f"join {kind} namespace")
+        # a new cgroup namespace waits for settle(): it is rooted where the child is when
+        # it is made, and the parent moves the child into its cgroup first (step 03)
         new = flags_for(k for k, path in namespaces.items()
-                        if path is None and not (k == "pid" and parent_does_pid))
+                        if path is None and not (k == "pid" and parent_does_pid) and k != "cgroup")
         if new:
             explain.say("namespaces", f"unshare({explain.flag_names(new, FLAG_NAMES)})",
                         "new namespaces for the child")
@@ -197,6 +199,9 @@ def settle(c, report_fd):
     user namespace made us wait for it (its host pid goes to the parent on ``report_fd``),
     bring the loopback up, set the hostname.
     """
+    if c.namespaces.get("cgroup", 0) is None:
+        explain.say("namespaces", "unshare(CLONE_NEWCGROUP)", "now that it is in its cgroup: /proc/self/cgroup shows /")
+        syscalls.unshare(syscalls.CLONE_NEWCGROUP)
     if _new_userns(c.namespaces):
         os.setresgid(0, 0, 0)
         os.setresuid(0, 0, 0)

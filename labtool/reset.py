@@ -38,12 +38,23 @@ def _kill_containers():
 
 
 def _cgroup_roots():
-    """Every mounted cgroup hierarchy's ``labtool`` directory."""
+    """The ``labtool`` cgroups to remove: in every mounted hierarchy, all of it; but with
+    ``LABTOOL_ROOT`` set (a test run, a benchmark) only the cgroups of that root's own
+    containers, so that a reset there never kills another root's containers."""
+    own = None
+    if os.environ.get("LABTOOL_ROOT"):
+        top = paths.containers_dir()
+        own = set(os.listdir(top)) if os.path.isdir(top) else set()
     for m in mounts.mountinfo():
         if m["fstype"] in ("cgroup", "cgroup2"):
             path = os.path.join(m["mountpoint"], "labtool")
-            if os.path.isdir(path):
+            if not os.path.isdir(path):
+                continue
+            if own is None:
                 yield path
+                continue
+            for name in sorted(own & set(os.listdir(path))):
+                yield os.path.join(path, name)
 
 
 def _remove_cgroup_tree(top):
@@ -117,9 +128,15 @@ def reset(images=False):
             n = mounts.unmount_under(top)
             if n:
                 said.append(f"unmounted {n} mount(s) under {top}")
-    for top in _cgroup_roots():
+    for top in list(_cgroup_roots()):
         _remove_cgroup_tree(top)
         said.append(f"removed cgroup {top}")
+        parent = os.path.dirname(top)
+        if os.path.basename(parent) == "labtool":
+            try:
+                os.rmdir(parent)            # the last container's cgroup takes the parent along
+            except OSError:
+                pass                        # other containers still live there
     for name in _netns():
         _remove_netns(name)
         said.append(f"removed network namespace {name}")

@@ -122,6 +122,19 @@ def mount_kernel_filesystems(c):
             explain.say("chroot", f"mknod /dev/{name} c {major} {minor}")
             os.mknod(node, 0o666 | 0o020000, os.makedev(major, minor))
             os.chmod(node, 0o666)
+    for device in getattr(c, "devices", []):     # --device (step 03 lets the cgroup allow it)
+        node = root + device.container_path
+        os.makedirs(os.path.dirname(node), exist_ok=True)
+        if "user" in c.namespaces:
+            explain.say("chroot", f"mount --bind {device.host_path} <rootfs>{device.container_path}", "--device")
+            open(node, "w").close()
+            syscalls.mount(device.host_path, node, None, syscalls.MS_BIND)
+        else:
+            explain.say("chroot", f"mknod {device.container_path} {device.type} {device.major} {device.minor}",
+                        "--device: the host's device under this name")
+            kind = 0o020000 if device.type == "c" else 0o060000
+            os.mknod(node, device.mode | kind, os.makedev(device.major, device.minor))
+            os.chmod(node, device.mode)
     for name, target in DEV_LINKS:
         os.symlink(target, f"{root}/dev/{name}")
     _mount("devpts", f"{root}/dev/pts", "devpts", syscalls.MS_NOSUID | syscalls.MS_NOEXEC,

@@ -22,7 +22,8 @@ import signal
 import time
 from dataclasses import asdict, dataclass, field
 
-from labtool import explain, images, init, mounts, namespaces, overlay, paths, process, rootfs, users
+from labtool import cgroups, explain, images, init, mounts, namespaces, overlay, paths, process, rootfs, users
+from labtool.cgroups import devices
 from labtool.engine import containers
 from labtool.errors import CommandNotExecutable, CommandNotFound, LabtoolError, UsageError
 from labtool.spec import ContainerSpec
@@ -38,11 +39,11 @@ class Step:
 STEPS = [
     Step("chroot", rootfs, "01-chroot"),              # a root filesystem of its own
     Step("namespaces", namespaces, "02-namespaces"),  # its own PIDs, hostname, mounts, IPC, net
-    # 03 cgroups: to come
+    Step("cgroups", cgroups, "03-cgroups"),           # its share of memory, CPU, processes, devices
     Step("overlay", overlay, "04-overlay"),           # image layers shared, changes on top
 ]
 # Steps still to come, in the order their notebooks teach them.
-PLANNED = ["cgroups", "network", "capabilities"]
+PLANNED = ["network", "capabilities"]
 
 
 def active_steps(upto):
@@ -71,6 +72,9 @@ class Container:
     storage: str = "vfs"              # "vfs": a copy of the image; "overlay": step 04
     hostname: str = ""
     pid: int = 0
+    devices: list = field(default_factory=list)      # --device, parsed: cgroups.devices.Device
+    cgroup: object = None             # step 03: a cgroups.v1.Cgroup or cgroups.v2.Cgroup
+    oom_killed: bool = False          # step 03: the kernel's OOM killer ended a process
 
 
 def new_container(spec):
@@ -98,6 +102,11 @@ def new_container(spec):
     c.hostname = spec.hostname or (c.id[:12] if "uts" in c.namespaces else os.uname().nodename)
     if "overlay" in names:
         c.storage = "overlay"
+    if "cgroups" in names:
+        cgroups.check(spec.resources)
+        c.devices = [devices.parse_device(d) for d in spec.resources.devices]
+    elif spec.resources != type(spec.resources)():
+        raise UsageError(f"resource limits need step 03 (cgroups); --upto {spec.upto} stops before it")
     os.makedirs(c.dir)
     _write_json(c, "config.json", asdict(spec))
     return c
@@ -166,7 +175,7 @@ def run(spec):
         if spec.remove or code is None:       # --rm, or it never ran: leave nothing behind
             remove(c.dir)
         else:
-            _write_json(c, "state.json", {"Status": "exited", "ExitCode": code,
+            _write_json(c, "state.json", {"Status": "exited", "ExitCode": code, "OOMKilled": c.oom_killed,
                                           "StartedAt": started, "FinishedAt": time.time()})
     return code
 
@@ -295,11 +304,14 @@ def exec_in(name, argv, env=(), cwd="", user="", explain_it=False):
     errors_r, errors_w = os.pipe2(os.O_CLOEXEC)
     pid_ns = f"/proc/{target}/ns/pid"
     same_pid_ns = os.readlink(pid_ns) == os.readlink("/proc/self/ns/pid")
+    cgroup = cgroups.find(record.id) if "cgroups" in [s.name for s in active_steps(spec["upto"])] else None
     pid = namespaces.fork_into({} if same_pid_ns else {"pid": pid_ns})
     if pid == 0:
         try:
             os.close(errors_r)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            if cgroup:
+                cgroup.add(os.getpid())     # a pid of the container's PID namespace: ours now
             namespaces.join(target)                 # mnt last: we land in the container's root
             full_env.setdefault("HOSTNAME", os.uname().nodename)   # the container's, now
             exec_command(argv, full_env, cwd or spec["process"]["cwd"], user or spec["process"]["user"], errors_w)

@@ -37,6 +37,22 @@ class Namespaces:
 
 
 @dataclass
+class Resources:
+    """Limits, with Docker's flags and units (OCI: ``linux.resources``; step 03, cgroups).
+
+    0 means "no limit" everywhere, as in Docker's HostConfig.
+    """
+
+    memory: int = 0                  # --memory, bytes
+    memory_swap: int = 0             # --memory-swap: memory + swap, bytes; 0: twice --memory; -1: unlimited
+    cpu_shares: int = 0              # --cpu-shares: weight against other busy containers (default 1024)
+    cpus: float = 0.0                # --cpus: how many CPUs' worth of time, e.g. 0.5
+    cpuset_cpus: str = ""            # --cpuset-cpus: which CPUs, e.g. "0" or "0-1"
+    pids_limit: int = 0              # --pids-limit: how many processes at most
+    devices: list = field(default_factory=list)   # --device HOST[:CONTAINER][:rwm], as given
+
+
+@dataclass
 class ContainerSpec:
     """One container, as asked for on the command line."""
 
@@ -50,3 +66,4 @@ class ContainerSpec:
     remove: bool = False             # --rm: delete the container when it exits
     namespaces: Namespaces = field(default_factory=Namespaces)
     init: bool = False               # --init: a tiny init as PID 1 runs the command
+    resources: Resources = field(default_factory=Resources)

@@ -6,12 +6,14 @@ the hostname, and processes in other PID namespaces or running labtool. Any diff
 fails the run, naming what was left.
 """
 
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 
@@ -25,9 +27,35 @@ def pytest_configure(config):
 
 # --- host state -----------------------------------------------------------------------
 
+# Another labtool run (a second test session, a notebook, a benchmark) may share this
+# machine: what lives under another labtool root is its business, not a leak of ours.
+OURS = []          # our labtool root and pytest's base temporary directory, once known
+
+
+def _is_ours(path):
+    return not OURS or any(path.startswith(prefix) for prefix in OURS)
+
+
+def _another_runs(pid):
+    """True if ``pid`` descends from a labtool started with another LABTOOL_ROOT."""
+    while pid > 1:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = dict(item.partition(b"=")[::2] for item in f.read().split(b"\0"))
+            with open(f"/proc/{pid}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+        if b"LABTOOL_ROOT" in env:
+            return not _is_ours(env[b"LABTOOL_ROOT"].decode())
+        pid = parent
+    return False
+
+
 def _mounts():
     with open("/proc/self/mountinfo") as f:
-        return sorted({(line.split()[4], line.split(" - ")[1].split()[0]) for line in f})
+        found = {(line.split()[4], line.split(" - ")[1].split()[0]) for line in f}
+    return sorted(m for m in found if "/lib/containers/" not in m[0] or _is_ours(m[0]))
 
 
 def _cgroups():
@@ -36,9 +64,18 @@ def _cgroups():
         tops = [line.split()[4] for line in f if line.split(" - ")[1].split()[0] in ("cgroup", "cgroup2")]
     for top in tops:
         for dirpath, dirs, _ in os.walk(top):
-            if "labtool" in dirpath:
+            if "labtool" in dirpath and not _held_by_another_run(dirpath):
                 found.add(dirpath)
     return sorted(found)
+
+
+def _held_by_another_run(cgroup_dir):
+    try:
+        with open(os.path.join(cgroup_dir, "cgroup.procs")) as f:
+            pids = [int(p) for p in f.read().split()]
+    except OSError:
+        return False
+    return bool(pids) and all(_another_runs(pid) for pid in pids)
 
 
 def _iptables():
@@ -69,7 +106,7 @@ def _foreign_processes():
                     runs_labtool = our_root in f.read().split(b"\0")
             except OSError:
                 continue
-        if ns != mine or runs_labtool:
+        if (ns != mine or runs_labtool) and not _another_runs(int(pid)):
             found.add((int(pid), " ".join(argv)[:80]))
     return found
 
@@ -101,11 +138,12 @@ def host_state_diff(before, after):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def labtool_root():
+def labtool_root(tmp_path_factory):
     """A labtool root of the test run's own, and the guard that the host is left clean."""
     # like /var/lib/labtool: others may pass through, so --userns (uid 100000) can reach it
     root = tempfile.mkdtemp(prefix="labtool-test-")
     os.chmod(root, 0o711)
+    OURS[:] = [root, str(tmp_path_factory.getbasetemp())]
     old = os.environ.get("LABTOOL_ROOT")
     os.environ["LABTOOL_ROOT"] = root
     os.environ["PYTHONPATH"] = REPO + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
@@ -136,3 +174,43 @@ def labtool(*args, input=None, timeout=60, env=None):
 @pytest.fixture
 def run():
     return labtool
+
+
+@pytest.fixture
+def background(labtool_root):
+    """Start named containers in the background (until the lifecycle step brings -d)."""
+    started = []
+
+    def start(name, *args, command=("sleep", "30")):
+        p = subprocess.Popen([sys.executable, "-m", "labtool", "run", "--rm", "--name", name, *args,
+                              "busybox", *command], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            pid = running_pid(labtool_root, name)
+            if pid:
+                started.append((p, pid))
+                return pid
+            time.sleep(0.05)
+        p.kill()
+        raise AssertionError(f"container {name} did not start: {p.communicate()}")
+
+    yield start
+    for p, pid in started:
+        try:
+            os.kill(pid, 9)        # SIGKILL reaches a PID 1 from the parent namespace
+        except ProcessLookupError:
+            pass
+        p.wait(timeout=10)
+
+
+def running_pid(root, name):
+    top = os.path.join(root, "lib", "containers")
+    for cid in os.listdir(top) if os.path.isdir(top) else []:
+        try:
+            config = json.load(open(os.path.join(top, cid, "config.json")))
+            state = json.load(open(os.path.join(top, cid, "state.json")))
+        except (OSError, ValueError):
+            continue
+        if config.get("name") == name and state.get("Status") == "running":
+            return state["Pid"]
+    return 0

@@ -9,47 +9,7 @@ import time
 
 import pytest
 
-from conftest import REPO
-
-
-@pytest.fixture
-def background(labtool_root):
-    """Start named containers in the background (until the lifecycle step brings -d)."""
-    started = []
-
-    def start(name, *args, command=("sleep", "30")):
-        p = subprocess.Popen([sys.executable, "-m", "labtool", "run", "--rm", "--name", name, *args,
-                              "busybox", *command], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            pid = _running_pid(labtool_root, name)
-            if pid:
-                started.append((p, pid))
-                return pid
-            time.sleep(0.05)
-        p.kill()
-        raise AssertionError(f"container {name} did not start: {p.communicate()}")
-
-    yield start
-    for p, pid in started:
-        try:
-            os.kill(pid, 9)        # SIGKILL reaches a PID 1 from the parent namespace
-        except ProcessLookupError:
-            pass
-        p.wait(timeout=10)
-
-
-def _running_pid(root, name):
-    top = os.path.join(root, "lib", "containers")
-    for cid in os.listdir(top) if os.path.isdir(top) else []:
-        try:
-            config = json.load(open(os.path.join(top, cid, "config.json")))
-            state = json.load(open(os.path.join(top, cid, "state.json")))
-        except (OSError, ValueError):
-            continue
-        if config.get("name") == name and state.get("Status") == "running":
-            return state["Pid"]
-    return 0
+from conftest import REPO, running_pid
 
 
 def test_every_namespace_but_user_is_new(run):
@@ -175,10 +135,27 @@ def test_init_reaps_zombies_and_forwards_signals(background):
     assert _zombie_children(with_init) == 0     # init reaped it
 
 
-def test_init_forwards_sigterm_which_a_bare_pid_1_ignores():
-    p = subprocess.Popen([sys.executable, "-m", "labtool", "run", "--rm", "--init", "busybox", "sleep", "30"],
-                         cwd=REPO)
-    time.sleep(0.5)
+def _wait_for_command_under_init(root, name):
+    """Until the init (PID 1) has forked the command and the command has exec'd."""
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        init = running_pid(root, name)
+        try:
+            with open(f"/proc/{init}/task/{init}/children") as f:
+                child = f.read().split()[0]
+            with open(f"/proc/{child}/cmdline") as f:
+                if f.read().startswith("sleep"):
+                    return
+        except (OSError, IndexError):
+            pass
+        time.sleep(0.02)
+    raise AssertionError("the init did not start its command")
+
+
+def test_init_forwards_sigterm_which_a_bare_pid_1_ignores(labtool_root):
+    p = subprocess.Popen([sys.executable, "-m", "labtool", "run", "--rm", "--name", "sigterm", "--init",
+                          "busybox", "sleep", "30"], cwd=REPO)
+    _wait_for_command_under_init(labtool_root, "sigterm")
     p.terminate()                               # labtool passes it on; init passes it on again
     assert p.wait(timeout=10) == 143            # 128 + SIGTERM
 

@@ -88,3 +88,52 @@ def check_name_free(name):
 def pid_start_time(pid):
     with open(f"/proc/{pid}/stat") as f:
         return int(f.read().rsplit(")", 1)[1].split()[19])
+
+
+def _timestamp(seconds):
+    """Docker's time format (RFC 3339 in UTC), or its zero time when it never happened."""
+    import datetime
+
+    if not seconds:
+        return "0001-01-01T00:00:00Z"
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%f") + "Z"
+
+
+def inspect(record):
+    """A container as ``docker inspect`` shows it (the fields labtool has so far)."""
+    config, state = record.config, record.state
+    pid = record.running_pid
+    resources = config.get("resources", {})
+    return {
+        "Id": record.id,
+        "Name": "/" + record.name if record.name else "",
+        "Image": config.get("image", ""),
+        "State": {
+            "Status": "running" if pid else state.get("Status", "created"),
+            "Running": bool(pid),
+            "Pid": pid,
+            "ExitCode": state.get("ExitCode", 0),
+            "OOMKilled": state.get("OOMKilled", False),
+            "StartedAt": _timestamp(state.get("StartedAt")),
+            "FinishedAt": _timestamp(state.get("FinishedAt")),
+        },
+        "Config": {
+            "Hostname": config.get("hostname", "") or record.id[:12],
+            "Env": config.get("process", {}).get("env", []),
+            "Cmd": config.get("process", {}).get("args", []),
+            "Image": config.get("image", ""),
+            "WorkingDir": config.get("process", {}).get("cwd", ""),
+            "User": config.get("process", {}).get("user", ""),
+        },
+        "HostConfig": {
+            "Memory": resources.get("memory", 0),
+            "MemorySwap": resources.get("memory_swap", 0),
+            "CpuShares": resources.get("cpu_shares", 0),
+            "NanoCpus": int(resources.get("cpus", 0) * 1e9),
+            "CpusetCpus": resources.get("cpuset_cpus", ""),
+            "PidsLimit": resources.get("pids_limit", 0),
+            "Devices": resources.get("devices", []),
+            "Init": config.get("init", False),
+        },
+    }

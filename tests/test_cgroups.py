@@ -1,0 +1,256 @@
+"""Step 03: cgroups. Limits a learner can watch being enforced, on this machine's cgroups."""
+
+import json
+import os
+import time
+
+import pytest
+
+from labtool import cgroups
+from labtool.cgroups import v2
+from labtool.cgroups.devices import DEFAULT_RULES, DeviceRule
+from labtool.spec import Resources
+
+
+def _container_id(root, name):
+    top = os.path.join(root, "lib", "containers")
+    for cid in os.listdir(top):
+        with open(os.path.join(top, cid, "config.json")) as f:
+            if json.load(f).get("name") == name:
+                return cid
+    raise AssertionError(f"no container named {name}")
+
+
+def _remove(root, name):
+    """Take away an exited container (no `labtool rm` yet in this step)."""
+    from labtool import runtime
+
+    runtime.remove(os.path.join(root, "lib", "containers", _container_id(root, name)))
+
+
+# --- memory ---------------------------------------------------------------------------
+
+def test_oom_kill_ends_the_container_with_137_and_is_recorded(run, labtool_root):
+    p = run("run", "--name", "oom", "--memory", "20m", "busybox", "tail", "/dev/zero")
+    try:
+        assert p.returncode == 137, p.stderr
+        state = json.loads(run("inspect", "oom").stdout)[0]["State"]
+        assert state["OOMKilled"] is True and state["ExitCode"] == 137
+    finally:
+        _remove(labtool_root, "oom")
+
+
+def test_a_process_under_the_limit_is_not_killed(run, labtool_root):
+    p = run("run", "--name", "fits", "--memory", "20m", "busybox", "sh", "-c", "head -c 5000000 /dev/zero | wc -c")
+    try:
+        assert p.returncode == 0 and p.stdout.strip() == "5000000"
+        assert json.loads(run("inspect", "fits").stdout)[0]["State"]["OOMKilled"] is False
+    finally:
+        _remove(labtool_root, "fits")
+
+
+def test_memory_limits_are_written_in_docker_units(background, labtool_root):
+    background("mem", "--memory", "64m", "--memory-swap", "100m")
+    cgroup = cgroups.find(_container_id(labtool_root, "mem"))
+    if cgroup.tree.version == "v1":
+        assert cgroups.read(cgroup.path("memory", "memory.limit_in_bytes")) == str(64 << 20)
+        assert cgroups.read(cgroup.path("memory", "memory.memsw.limit_in_bytes")) == str(100 << 20)
+    else:
+        assert cgroups.read(cgroup.path("memory.max")) == str(64 << 20)
+
+
+# --- processes and CPUs ---------------------------------------------------------------
+
+def test_pids_limit_holds_a_fork_bomb(run):
+    bomb = "i=0; while [ $i -lt 40 ]; do sleep 5 & i=$((i+1)); done; echo all started"
+    limited = run("run", "--rm", "--pids-limit", "10", "busybox", "sh", "-c", bomb)
+    assert limited.returncode != 0 and "can't fork" in limited.stderr
+    assert "all started" not in limited.stdout
+    free = run("run", "--rm", "busybox", "sh", "-c", bomb)
+    assert free.returncode == 0 and "all started" in free.stdout
+
+
+def test_cpuset_pins_the_container(run):
+    p = run("run", "--rm", "--cpuset-cpus", "0", "busybox", "grep", "Cpus_allowed_list", "/proc/self/status")
+    assert p.stdout.split() == ["Cpus_allowed_list:", "0"]
+
+
+def test_cpu_shares_divide_one_cpu_about_two_to_one(background, labtool_root):
+    """Two busy loops on CPU 0, shares 1024 and 512: the CPU time they get is close to 2:1."""
+    busy = ("sh", "-c", "while :; do :; done")
+    background("heavy", "--cpuset-cpus", "0", "--cpu-shares", "1024", command=busy)
+    background("light", "--cpuset-cpus", "0", "--cpu-shares", "512", command=busy)
+    heavy = cgroups.find(_container_id(labtool_root, "heavy"))
+    light = cgroups.find(_container_id(labtool_root, "light"))
+    before = heavy.stats()["cpu_ns"], light.stats()["cpu_ns"]
+    time.sleep(1.5)
+    used_heavy = heavy.stats()["cpu_ns"] - before[0]
+    used_light = light.stats()["cpu_ns"] - before[1]
+    assert 1.4 < used_heavy / used_light < 2.8, (used_heavy, used_light)
+
+
+def test_cpus_caps_cpu_time(background, labtool_root):
+    background("half", "--cpus", "0.5", command=("sh", "-c", "while :; do :; done"))
+    cgroup = cgroups.find(_container_id(labtool_root, "half"))
+    before, start = cgroup.stats()["cpu_ns"], time.monotonic()
+    time.sleep(1.0)
+    share = (cgroup.stats()["cpu_ns"] - before) / ((time.monotonic() - start) * 1e9)
+    assert share < 0.65, share          # unlimited, a busy loop would take a whole CPU (1.0)
+
+
+# --- devices ----------------------------------------------------------------------------
+
+def test_a_device_node_made_inside_cannot_be_opened(run):
+    p = run("run", "--rm", "busybox", "sh", "-c",
+            "mknod /tmp/disk b 7 0 && dd if=/tmp/disk of=/dev/null count=0")
+    assert p.returncode == 1 and "Operation not permitted" in p.stderr
+    ok = run("run", "--rm", "busybox", "sh", "-c", "dd if=/dev/zero of=/dev/null count=1")
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_device_flag_gives_a_device_with_its_permissions(run):
+    p = run("run", "--rm", "--device", "/dev/loop0:/dev/xvda:r", "busybox", "sh", "-c",
+            "dd if=/dev/xvda of=/dev/null count=0 && echo read-ok; dd if=/dev/zero of=/dev/xvda count=0")
+    assert "read-ok" in p.stdout
+    assert p.returncode == 1 and "Operation not permitted" in p.stderr
+
+
+# --- stats and clean-up ---------------------------------------------------------------
+
+def test_stats_shows_a_busy_container(background, run):
+    background("busy", "--memory", "64m", command=("sh", "-c", "while :; do :; done"))
+    p = run("stats", "--no-stream", "busy")
+    assert p.returncode == 0, p.stderr
+    header, row = p.stdout.splitlines()
+    assert header.split()[:4] == ["CONTAINER", "ID", "NAME", "CPU"]
+    cells = [c.strip() for c in row.split("   ") if c.strip()]
+    assert cells[1] == "busy"
+    assert float(cells[2].rstrip("%")) > 30               # one busy loop: near 100% of one CPU
+    usage, limit = cells[3].split(" / ")
+    assert limit == "64MiB" and usage.endswith(("KiB", "MiB"))
+    assert cells[-1] == "1"                                # PIDS: the loop alone
+
+
+def test_the_cgroup_is_gone_after_the_container(run, labtool_root):
+    p = run("run", "--name", "gone", "busybox", "true")
+    cid = _container_id(labtool_root, "gone")
+    _remove(labtool_root, "gone")
+    assert p.returncode == 0 and cgroups.find(cid) is None
+    assert not os.path.exists(os.path.join("/sys/fs/cgroup/memory/labtool", cid))
+
+
+def test_container_sees_its_own_cgroup_as_root(run):
+    p = run("run", "--rm", "busybox", "cat", "/proc/self/cgroup")
+    assert all(line.endswith(":/") for line in p.stdout.splitlines()), p.stdout
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--memory", "lots"], "invalid --memory 'lots'"),
+    (["--memory", "1m"], "Minimum memory limit allowed is 6MB"),
+    (["--memory-swap", "100m"], "You should always set the Memory limit"),
+    (["--memory", "64m", "--memory-swap", "32m"], "Minimum memoryswap limit should be larger"),
+    (["--cpus", "99"], "Range of CPUs is from 0.01 to"),
+    (["--cpuset-cpus", "7-x"], "invalid --cpuset-cpus"),
+    (["--cpuset-cpus", "99"], "this machine has CPUs"),
+    (["--device", "/dev/nope"], "--device /dev/nope: no such file or directory"),
+    (["--device", "/etc/passwd"], "not a device file"),
+    (["--device", "/dev/null:/dev/x:rwz"], "invalid --device permissions"),
+    (["--upto", "namespaces", "--memory", "64m"], "resource limits need step 03"),
+])
+def test_bad_limits_are_one_line_and_125(run, labtool_root, flags, message):
+    before = os.listdir(os.path.join(labtool_root, "lib", "containers"))
+    p = run("run", "--rm", *flags, "busybox", "true")
+    assert p.returncode == 125 and message in p.stderr and len(p.stderr.splitlines()) == 1, p.stderr
+    assert os.listdir(os.path.join(labtool_root, "lib", "containers")) == before
+
+
+# --- the layout, and the v2 file protocol on a scratch tree ------------------------------
+
+MOUNTINFO = {
+    "v2": "30 1 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n",
+    "hybrid": ("30 1 0:26 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n"
+               "31 1 0:27 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n"
+               "32 1 0:28 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n"),
+    "v1": "31 1 0:27 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n",
+    "none": "22 1 0:21 / /proc rw - proc proc rw\n",
+}
+
+
+@pytest.mark.parametrize("kind", MOUNTINFO)
+def test_layout_is_read_from_mountinfo(tmp_path, kind):
+    path = tmp_path / "mountinfo"
+    path.write_text(MOUNTINFO[kind])
+    assert cgroups.layout(str(path)) == kind
+
+
+def test_v1_tree_maps_each_controller_to_its_mount():
+    from labtool.cgroups import v1
+
+    tree = v1.Tree.from_mounts([("/sys/fs/cgroup/cpu,cpuacct", "cgroup", ["rw", "cpu", "cpuacct"]),
+                                ("/sys/fs/cgroup/memory", "cgroup", ["rw", "memory"])])
+    cgroup = tree.cgroup("abc")
+    assert cgroup.dirs == {"cpu": "/sys/fs/cgroup/cpu,cpuacct/labtool/abc",
+                           "cpuacct": "/sys/fs/cgroup/cpu,cpuacct/labtool/abc",
+                           "memory": "/sys/fs/cgroup/memory/labtool/abc"}
+    assert cgroup.distinct_dirs() == ["/sys/fs/cgroup/cpu,cpuacct/labtool/abc", "/sys/fs/cgroup/memory/labtool/abc"]
+
+
+@pytest.fixture
+def scratch_v2(tmp_path, monkeypatch):
+    """A directory that behaves like a cgroup2 mount for the files labtool touches: a new
+    directory gets cgroup.controllers from its parent's cgroup.subtree_control."""
+    root = tmp_path / "cgroup"
+    root.mkdir()
+    (root / "cgroup.controllers").write_text("cpuset cpu io memory hugetlb pids rdma misc\n")
+    (root / "cgroup.subtree_control").write_text("")
+
+    def make_dir(path, why=""):
+        os.mkdir(path)
+        enabled = open(os.path.join(os.path.dirname(path), "cgroup.subtree_control")).read()
+        controllers = [w.lstrip("+") for w in enabled.split()]
+        for name, text in (("cgroup.controllers", " ".join(controllers)), ("cgroup.subtree_control", ""),
+                           ("cgroup.procs", ""), ("memory.events", "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")):
+            with open(os.path.join(path, name), "w") as f:
+                f.write(text)
+
+    monkeypatch.setattr(v2, "make_dir", make_dir)
+    attached = []
+    return v2.Tree(str(root), attach_devices=lambda d, rules: attached.append((d, rules))), root, attached
+
+
+def test_v2_enables_controllers_top_down_and_writes_v2_names(scratch_v2):
+    tree, root, attached = scratch_v2
+    cgroup = tree.cgroup("c1")
+    cgroup.create()
+    cgroup.apply(Resources(memory=64 << 20, cpu_shares=512, cpus=0.5, cpuset_cpus="0", pids_limit=50), DEFAULT_RULES)
+    cgroup.add(4242)
+    assert (root / "cgroup.subtree_control").read_text() == "+cpu +cpuset +memory +pids +io"
+    assert (root / "labtool" / "cgroup.subtree_control").read_text() == "+cpu +cpuset +memory +pids +io"
+    c1 = root / "labtool" / "c1"
+    assert (c1 / "memory.max").read_text() == str(64 << 20)
+    assert (c1 / "cpu.weight").read_text() == "20"            # 512 shares on v2's 1..10000 scale
+    assert (c1 / "cpu.max").read_text() == "50000 100000"
+    assert (c1 / "cpuset.cpus").read_text() == "0"
+    assert (c1 / "pids.max").read_text() == "50"
+    assert (c1 / "cgroup.procs").read_text() == "4242"
+    assert (root / "labtool" / "cgroup.procs").read_text() == ""   # no internal processes
+    assert attached == [(str(c1), DEFAULT_RULES)]                   # devices: a BPF program, no files
+    assert not (c1 / "devices.allow").exists()
+    assert cgroup.oom_kills() == 1
+
+
+def test_v2_never_makes_v1_paths(scratch_v2):
+    tree, root, _ = scratch_v2
+    tree.cgroup("c2").create()
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["labtool"]
+
+
+@pytest.mark.parametrize("shares, weight", [(2, 1), (1024, 39), (262144, 10000)])
+def test_shares_to_weight(shares, weight):
+    assert v2.shares_to_weight(shares) == weight
+
+
+def test_device_rules_in_v1_syntax():
+    assert DeviceRule(False).v1_line() == "a"
+    assert DeviceRule(True, "c", 136, None, "rwm").v1_line() == "c 136:* rwm"
+    assert DeviceRule(True, "b", 7, 0, "r").v1_line() == "b 7:0 r"
