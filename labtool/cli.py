@@ -4,6 +4,8 @@
                 [--userns] [--user U] [--init] [-e K=V] [-w DIR] [--name NAME] IMAGE [CMD...]
     labtool exec [-e K=V] [-w DIR] [-u USER] CONTAINER CMD...
     labtool images
+    labtool rm [-f] [-v] CONTAINER...     labtool diff CONTAINER     labtool commit CONTAINER IMAGE
+    labtool volume create|ls|inspect|rm|prune     labtool info
     labtool reset [--all]
     labtool notebooks --student DIR
 
@@ -32,6 +34,7 @@ def _parser():
     run = sub.add_parser("run", help="run a command in a new container", add_help=False)
     run.add_argument("--help", action="help", help="show this help and exit")
     run.add_argument("--rm", action="store_true", help="remove the container when it exits")
+    _storage_flags(run)
     run.add_argument("--upto", default="full", metavar="STEP",
                      help="only the steps up to STEP: chroot, namespaces, ..., full (the default)")
     run.add_argument("--explain", action="store_true", help="narrate every kernel action on stderr")
@@ -61,6 +64,7 @@ def _parser():
     ex.add_argument("args", nargs=argparse.REMAINDER, metavar="CMD")
 
     sub.add_parser("images", help="list images")
+    _storage_commands(sub)
 
     reset = sub.add_parser("reset", help="remove every container and host object labtool made")
     reset.add_argument("--all", action="store_true", help="remove the images too")
@@ -70,6 +74,44 @@ def _parser():
                     help="write copies with the solutions replaced by their TODO into DIR")
     nb.add_argument("--source", default=None, metavar="DIR", help="notebooks to copy (default: the lab's)")
     return p
+
+
+def _storage_flags(run):
+    """Step 04's flags of ``labtool run``."""
+    run.add_argument("--volume", "-v", action="append", default=[], metavar="[SRC:]DST[:ro]",
+                     help="a bind mount (SRC a host path) or a volume (SRC a name, or none: anonymous)")
+    run.add_argument("--tmpfs", action="append", default=[], metavar="DST[:OPTIONS]",
+                     help="a tmpfs at DST, e.g. /run:size=64m")
+    run.add_argument("--read-only", action="store_true", help="mount the container's root read-only")
+    run.add_argument("--volumes-from", action="append", default=[], metavar="CONTAINER[:ro]",
+                     help="mount the volumes of another container")
+
+
+def _storage_commands(sub):
+    """Step 04's commands: rm, diff, commit, volume, info."""
+    rm = sub.add_parser("rm", help="remove containers")
+    rm.add_argument("--force", "-f", action="store_true", help="kill a running container first")
+    rm.add_argument("--volumes", "-v", action="store_true", help="remove its anonymous volumes too")
+    rm.add_argument("containers", nargs="+", metavar="CONTAINER")
+    diff = sub.add_parser("diff", help="list the files a container added (A), changed (C), deleted (D)")
+    diff.add_argument("container")
+    commit = sub.add_parser("commit", help="make a new image from a container's changes")
+    commit.add_argument("container")
+    commit.add_argument("image", metavar="IMAGE[:TAG]")
+    sub.add_parser("info", help="storage driver, cgroup version, kernel, counts")
+
+    volume = sub.add_parser("volume", help="manage volumes").add_subparsers(
+        dest="volume_command", metavar="COMMAND", parser_class=_Parser, required=True)
+    create = volume.add_parser("create", help="create a volume")
+    create.add_argument("name", nargs="?", default="")
+    volume.add_parser("ls", help="list volumes")
+    inspect = volume.add_parser("inspect", help="show volumes as JSON")
+    inspect.add_argument("names", nargs="+", metavar="VOLUME")
+    remove = volume.add_parser("rm", help="remove volumes no container uses")
+    remove.add_argument("names", nargs="+", metavar="VOLUME")
+    prune = volume.add_parser("prune", help="remove unused anonymous volumes (-a: all unused)")
+    prune.add_argument("--all", "-a", action="store_true", help="named volumes too")
+    prune.add_argument("--force", "-f", action="store_true", help="do not ask")
 
 
 def _needs_root(what):
@@ -83,7 +125,7 @@ def _env(flags):
 
 
 def cmd_run(a):
-    from labtool import runtime
+    from labtool import mounts, runtime
     from labtool.spec import ContainerSpec, Namespaces, Process
 
     _needs_root("labtool run")
@@ -93,6 +135,8 @@ def cmd_run(a):
                          upto=a.upto, explain=a.explain, remove=a.rm, init=a.init,
                          namespaces=Namespaces(pid=a.pid, ipc=a.ipc, uts=a.uts,
                                                user="private" if a.userns else "host"))
+    spec.mounts = [mounts.parse_volume(v) for v in a.volume] + [mounts.parse_tmpfs(t) for t in a.tmpfs]
+    spec.read_only, spec.volumes_from = a.read_only, a.volumes_from
     return runtime.run(spec)
 
 
@@ -133,6 +177,83 @@ def _human(n):
         n /= 1000
 
 
+def cmd_rm(a):
+    from labtool.engine import containers
+
+    _needs_root("labtool rm")
+    failed = 0
+    for name in a.containers:       # like docker: go on with the others, report each failure
+        try:
+            containers.remove(name, force=a.force, volumes=a.volumes)
+            print(name)
+        except LabtoolError as e:
+            print(f"labtool: {e}", file=sys.stderr)
+            failed += 1
+    return 125 if failed else 0
+
+
+def cmd_diff(a):
+    from labtool import changes
+
+    for change in changes.diff(a.container):
+        print(change)
+    return 0
+
+
+def cmd_commit(a):
+    from labtool import changes
+
+    _needs_root("labtool commit")
+    print(changes.commit(a.container, a.image).id)
+    return 0
+
+
+def cmd_info(a):
+    from labtool import info
+
+    for label, value in info.info():
+        print(f"{label}: {value}")
+    return 0
+
+
+def cmd_volume(a):
+    import json
+
+    from labtool import volumes
+
+    _needs_root("labtool volume")
+    if a.volume_command == "create":
+        print(volumes.create(a.name).name)
+    elif a.volume_command == "ls":
+        print(f"{'DRIVER':<10}VOLUME NAME")
+        for v in volumes.all_volumes():
+            print(f"{volumes.DRIVER:<10}{v.name}")
+    elif a.volume_command == "inspect":
+        print(json.dumps([volumes.find(name).inspect() for name in a.names], indent=4))
+    elif a.volume_command == "rm":
+        failed = 0
+        for name in a.names:
+            try:
+                volumes.remove(name)
+                print(name)
+            except LabtoolError as e:
+                print(f"labtool: {e}", file=sys.stderr)
+                failed += 1
+        return 125 if failed else 0
+    elif a.volume_command == "prune":
+        which = "local volumes" if a.all else "anonymous local volumes"
+        if not a.force:
+            print(f"WARNING! This will remove {which} not used by at least one container.\n"
+                  "Are you sure you want to continue? [y/N] ", end="", flush=True)
+            if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+                return 0
+        removed, freed = volumes.prune(everything=a.all)
+        if removed:
+            print("Deleted Volumes:", *removed, "", sep="\n")
+        print(f"Total reclaimed space: {_human(freed)}")
+    return 0
+
+
 def cmd_reset(a):
     from labtool import reset
 
@@ -151,6 +272,8 @@ def cmd_notebooks(a):
 
 
 COMMANDS = {"run": cmd_run, "exec": cmd_exec, "images": cmd_images, "reset": cmd_reset, "notebooks": cmd_notebooks}
+COMMANDS.update({"rm": cmd_rm, "diff": cmd_diff, "commit": cmd_commit, "info": cmd_info,   # step 04
+                 "volume": cmd_volume})
 
 
 def main(argv=None):

@@ -32,7 +32,7 @@ import json
 import os
 import stat
 
-from labtool import explain, syscalls
+from labtool import explain, mounts, syscalls
 
 OPAQUE = "trusted.overlay.opaque"   # the xattr overlayfs puts on an opaque directory
 
@@ -122,7 +122,8 @@ def _write_storage(c, lower):
 # --- the step, as runtime.py calls it ----------------------------------------------------
 
 def prepare(c):
-    """Host side: the container's root is the image's layers with its own upper layer on top.
+    """Host side: the container's root is the image's layers with its own upper layer on top;
+    then the mounts it asked for (volumes, bind mounts, tmpfs: ``mounts.prepare``).
 
     Like Docker's overlay2 "merged" directory, the mount is made on the host, so that
     ``findmnt`` there shows it; teardown (rootfs.teardown) unmounts it.
@@ -140,3 +141,9 @@ def prepare(c):
     if why_not:
         _use_vfs(c, lower, why_not)
     _write_storage(c, lower)
+    mounts.prepare(c)
+
+
+def before_pivot_root(c):
+    """In the child, with the host's files still in view: bind mounts, tmpfs, read-only root."""
+    mounts.before_pivot_root(c)
