@@ -100,18 +100,17 @@ def _storage_commands(sub):
     commit.add_argument("image", metavar="IMAGE[:TAG]")
     sub.add_parser("info", help="storage driver, cgroup version, kernel, counts")
 
-    volume = sub.add_parser("volume", help="manage volumes").add_subparsers(
-        dest="volume_command", metavar="COMMAND", parser_class=_Parser, required=True)
-    create = volume.add_parser("create", help="create a volume")
-    create.add_argument("name", nargs="?", default="")
-    volume.add_parser("ls", help="list volumes")
-    inspect = volume.add_parser("inspect", help="show volumes as JSON")
-    inspect.add_argument("names", nargs="+", metavar="VOLUME")
-    remove = volume.add_parser("rm", help="remove volumes no container uses")
-    remove.add_argument("names", nargs="+", metavar="VOLUME")
-    prune = volume.add_parser("prune", help="remove unused anonymous volumes (-a: all unused)")
-    prune.add_argument("--all", "-a", action="store_true", help="named volumes too")
-    prune.add_argument("--force", "-f", action="store_true", help="do not ask")
+    # one parser for all five (each parser costs start-up time of every labtool command)
+    volume = sub.add_parser("volume", help="manage volumes: create [NAME], ls, inspect NAME..., rm NAME..., "
+                                           "prune [-a] [-f]")
+    volume.add_argument("action", choices=VOLUME_ACTIONS)
+    volume.add_argument("names", nargs="*", metavar="NAME")
+    volume.add_argument("--all", "-a", action="store_true", help="prune: named volumes too")
+    volume.add_argument("--force", "-f", action="store_true", help="prune: do not ask")
+
+
+# labtool volume ACTION and what follows it
+VOLUME_ACTIONS = {"create": "[NAME]", "ls": "", "inspect": "NAME...", "rm": "NAME...", "prune": "[-a] [-f]"}
 
 
 def _needs_root(what):
@@ -222,15 +221,18 @@ def cmd_volume(a):
     from labtool import volumes
 
     _needs_root("labtool volume")
-    if a.volume_command == "create":
-        print(volumes.create(a.name).name)
-    elif a.volume_command == "ls":
+    usage = VOLUME_ACTIONS[a.action]
+    if (usage == "NAME..." and not a.names) or (usage != "NAME..." and len(a.names) > (usage == "[NAME]")):
+        raise UsageError(f"usage: labtool volume {a.action} {usage}".rstrip())
+    if a.action == "create":
+        print(volumes.create(*a.names).name)
+    elif a.action == "ls":
         print(f"{'DRIVER':<10}VOLUME NAME")
         for v in volumes.all_volumes():
             print(f"{volumes.DRIVER:<10}{v.name}")
-    elif a.volume_command == "inspect":
+    elif a.action == "inspect":
         print(json.dumps([volumes.find(name).inspect() for name in a.names], indent=4))
-    elif a.volume_command == "rm":
+    elif a.action == "rm":
         failed = 0
         for name in a.names:
             try:
@@ -240,7 +242,7 @@ def cmd_volume(a):
                 print(f"labtool: {e}", file=sys.stderr)
                 failed += 1
         return 125 if failed else 0
-    elif a.volume_command == "prune":
+    elif a.action == "prune":
         which = "local volumes" if a.all else "anonymous local volumes"
         if not a.force:
             print(f"WARNING! This will remove {which} not used by at least one container.\n"

@@ -225,7 +225,8 @@ def plan(c):
             if os.path.normpath(point.destination) not in taken:     # -v wins over --volumes-from
                 taken.add(os.path.normpath(point.destination))
                 points.append(point)
-    _record(c, points)
+    if points:
+        _record(c, points)
     # parents before children: /data is mounted before /data/cache (as Docker sorts them)
     return sorted(points, key=lambda p: os.path.normpath(p.destination).count("/"))
 

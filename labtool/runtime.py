@@ -321,11 +321,11 @@ def remove(container_dir, volumes=False):
     """Delete a container's directory, after making sure nothing is mounted in it; with
     ``volumes`` (``rm -v``, ``run --rm``) its anonymous volumes too, unless another
     container uses them."""
-    from labtool import volumes as volume_store
-
     if mounts.unmount_under(container_dir) and mounts.mounts_under(container_dir):
         raise LabtoolError(f"refusing to delete {container_dir}: something is still mounted in it")
     used = containers.read_json(os.path.join(container_dir, "mounts.json")) or []
     shutil.rmtree(container_dir, ignore_errors=True)
-    if volumes:
+    if volumes and any(m.get("Type") == "volume" for m in used):
+        from labtool import volumes as volume_store
+
         volume_store.remove_anonymous(used)

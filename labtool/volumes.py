@@ -16,7 +16,6 @@ that path, so that a volume on /etc starts with the image's /etc. ``labtool rm -
 ``labtool volume rm``. A volume that any container uses, even an exited one, is kept.
 """
 
-import datetime
 import json
 import os
 import re
@@ -82,6 +81,8 @@ def create(name="", labels=None):
         return find(name)
     except VolumeNotFound:
         pass
+    import datetime
+
     created = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     volume = Volume(name, created, dict(labels or {}))
     os.makedirs(volume.data, exist_ok=True)
