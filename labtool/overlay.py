@@ -32,7 +32,7 @@ import json
 import os
 import stat
 
-from labtool import explain, mounts, syscalls
+from labtool import explain, mounts, paths, syscalls
 
 OPAQUE = "trusted.overlay.opaque"   # the xattr overlayfs puts on an opaque directory
 
@@ -77,8 +77,16 @@ def make_opaque(path):
 
 # --- the container's storage -------------------------------------------------------------
 
+def storage(name_or_id):
+    """Container NAME's driver and directories, lowest layer first (for the layer picture
+    of a notebook: ``storage("web")["LowerDir"]``, ``["UpperDir"]``)."""
+    from labtool.engine import containers
+
+    return storage_of(paths.container_dir(containers.find(name_or_id).id))
+
+
 def storage_of(container_dir):
-    """The storage record of a container (driver and directories); {} if it has none."""
+    """The storage record of a container directory (driver and directories); {} if none."""
     try:
         with open(os.path.join(container_dir, "storage.json")) as f:
             return json.load(f)
