@@ -136,3 +136,33 @@ def labtool(*args, input=None, timeout=60, env=None):
 @pytest.fixture
 def run():
     return labtool
+
+
+@pytest.fixture
+def names(run):
+    """Unique container names for a test; the containers are removed (with -v) after it."""
+    made = []
+
+    def name(base):
+        made.append(f"{base}-{os.getpid()}-{len(made)}")
+        return made[-1]
+
+    yield name
+    if made:
+        run("rm", "-f", "-v", *made)
+
+
+@pytest.fixture
+def images():
+    """Image names for a test; untagged after it (the notebooks list the images of this root)."""
+    from labtool.images import store
+
+    made = []
+
+    def image(ref):
+        made.append(ref)
+        return ref
+
+    yield image
+    for ref in made:
+        store.untag(ref)

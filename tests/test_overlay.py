@@ -10,29 +10,15 @@ import tarfile
 import time
 import types
 
-import pytest
-
 from conftest import REPO
+from labtool import overlay
 from labtool.engine import containers
 
 
-@pytest.fixture
-def names(run):
-    """Unique container names for a test; the containers are removed (with -v) after it."""
-    made = []
+def image_layers():
+    from labtool.images import store
 
-    def name(base):
-        made.append(f"{base}-{os.getpid()}-{len(made)}")
-        return made[-1]
-
-    yield name
-    if made:
-        run("rm", "-f", "-v", *made)
-
-
-def storage(name):
-    with open(os.path.join(containers_dir(), containers.find(name).id, "storage.json")) as f:
-        return json.load(f)
+    return store.find("busybox").layers
 
 
 def containers_dir():
@@ -67,25 +53,19 @@ def test_root_is_an_overlay_of_the_image_layers(run, names):
     p = run("run", "--name", name, "busybox", "grep", " / ", "/proc/mounts")
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("overlay / overlay")
-    s = storage(name)
+    s = overlay.storage(name)
     assert s["Driver"] == "overlay"
-    assert s["LowerDir"][:-1] == containers_image_layers()          # the image's, shared ...
+    assert s["LowerDir"][:-1] == image_layers()          # the image's, shared ...
     assert s["LowerDir"][-1].endswith("/init")                      # ... and the init layer on top
     assert os.listdir(s["UpperDir"]) == []                          # no changes yet
 
 
-def containers_image_layers():
-    from labtool.images import store
-
-    return store.find("busybox").layers
-
-
 def test_copy_up_lands_in_the_upperdir_and_the_image_stays_as_it_was(run, names):
-    layer = containers_image_layers()[0]
+    layer = image_layers()[0]
     before = snapshot(layer)
     name = names("copyup")
     assert run("run", "--name", name, "busybox", "sh", "-c", CHANGES).returncode == 0
-    upper = storage(name)["UpperDir"]
+    upper = overlay.storage(name)["UpperDir"]
     with open(os.path.join(upper, "etc", "passwd")) as f:
         copied = f.read()
     with open(os.path.join(layer, "etc", "passwd")) as f:
@@ -98,7 +78,7 @@ def test_copy_up_lands_in_the_upperdir_and_the_image_stays_as_it_was(run, names)
 def test_a_deleted_file_is_a_whiteout_and_a_remade_directory_is_opaque(run, names):
     name = names("wh")
     assert run("run", "--name", name, "busybox", "sh", "-c", CHANGES).returncode == 0
-    upper = storage(name)["UpperDir"]
+    upper = overlay.storage(name)["UpperDir"]
     st = os.lstat(os.path.join(upper, "etc", "group"))
     assert stat.S_ISCHR(st.st_mode) and os.major(st.st_rdev) == 0 and os.minor(st.st_rdev) == 0
     assert os.getxattr(os.path.join(upper, "var", "spool"), "trusted.overlay.opaque") == b"y"
@@ -123,19 +103,19 @@ def test_vfs_driver_copies_and_finds_the_same_changes(run, names):
     assert p.returncode == 0, p.stderr
     assert "vfs driver: copy" in p.stderr and "LABTOOL_STORAGE=vfs" in p.stderr
     assert not p.stdout.startswith("overlay")
-    assert storage(name)["Driver"] == "vfs"
+    assert overlay.storage(name)["Driver"] == "vfs"
     assert run("diff", name).stdout.splitlines() == EXPECTED_DIFF    # by comparing, file by file
 
 
 def test_without_overlayfs_the_runtime_falls_back_to_vfs_and_says_why(tmp_path, monkeypatch, capfd):
-    from labtool import explain, overlay, syscalls
+    from labtool import explain, syscalls
 
     def no_overlay(source, target, fstype=None, flags=0, data=None):
         raise OSError(errno.ENODEV, "mount: No such device")
 
     monkeypatch.setattr(syscalls, "mount", no_overlay)
     monkeypatch.setattr(explain, "enabled", True)
-    image = types.SimpleNamespace(layers=containers_image_layers(), id="sha256:x", ref="busybox:latest",
+    image = types.SimpleNamespace(layers=image_layers(), id="sha256:x", ref="busybox:latest",
                                   manifest="sha256:y")
     spec = types.SimpleNamespace(mounts=[], volumes_from=[], read_only=False)
     c = types.SimpleNamespace(dir=str(tmp_path), rootfs=str(tmp_path / "rootfs"), image=image, spec=spec,
@@ -146,12 +126,12 @@ def test_without_overlayfs_the_runtime_falls_back_to_vfs_and_says_why(tmp_path, 
     assert "overlay cannot be mounted here: No such device" in capfd.readouterr().err
 
 
-def test_commit_makes_an_image_that_runs_with_the_changes(run, names, labtool_root):
-    layer = containers_image_layers()[0]
+def test_commit_makes_an_image_that_runs_with_the_changes(run, names, images):
+    layer = image_layers()[0]
     before = snapshot(layer)
     name = names("commit")
     assert run("run", "--name", name, "busybox", "sh", "-c", CHANGES).returncode == 0
-    p = run("commit", name, "committed:v1")
+    p = run("commit", name, images("committed:v1"))
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("sha256:")
     look = "cat /hello; ls /etc/group; ls /var/spool; tail -1 /etc/passwd"
@@ -177,10 +157,10 @@ def _top_layer_names(ref):
         return tar.getnames()
 
 
-def test_commit_keeps_the_containers_command_as_docker_does(run, names):
+def test_commit_keeps_the_containers_command_as_docker_does(run, names, images):
     name = names("cmd")
     assert run("run", "--name", name, "busybox", "sh", "-c", "echo made > /m; cat /m").returncode == 0
-    assert run("commit", name, "with-cmd").returncode == 0
+    assert run("commit", name, images("with-cmd")).returncode == 0
     assert run("run", "--rm", "with-cmd").stdout == "made\n"
 
 
@@ -259,10 +239,10 @@ def test_rm_refuses_a_running_container_and_rm_f_kills_it(run):
     assert volume not in run("volume", "ls").stdout
 
 
-def test_bad_diff_commit_rm_are_one_line_and_125(run, names):
+def test_bad_diff_commit_rm_are_one_line_and_125(run, names, images):
     name = names("bad")
     assert run("run", "--name", name, "busybox", "true").returncode == 0
-    for args in (["diff", "nosuch"], ["commit", "nosuch", "x"], ["commit", name, "Bad Name"], ["rm", "nosuch"]):
+    for args in (["diff", "nosuch"], ["commit", "nosuch", images("x")], ["commit", name, "Bad Name"], ["rm", "nosuch"]):
         p = run(*args)
         assert p.returncode == 125, args
         assert len(p.stderr.splitlines()) == 1 and p.stderr.startswith("labtool: "), (args, p.stderr)

@@ -10,20 +10,6 @@ from labtool.engine import containers
 
 
 @pytest.fixture
-def names(run):
-    """Unique container names for a test; the containers are removed (with -v) after it."""
-    made = []
-
-    def name(base):
-        made.append(f"{base}-{os.getpid()}-{len(made)}")
-        return made[-1]
-
-    yield name
-    if made:
-        run("rm", "-f", "-v", *made)
-
-
-@pytest.fixture
 def host_dir(tmp_path):
     """A host directory with one file, writable by anyone (root of a user namespace too)."""
     d = tmp_path / "host"
@@ -56,8 +42,8 @@ def test_ro_bind_refuses_writes_with_erofs(run, host_dir):
 @pytest.mark.xfail(strict=True, reason="today a container's root holds CAP_SYS_ADMIN and may remount its :ro bind "
                                        "read-write; dropping that capability (issue 9) will make this pass")
 def test_ro_bind_cannot_be_remounted_rw_inside(run, host_dir):
-    p = run("run", "--rm", "-v", f"{host_dir}:/data:ro", "busybox", "sh", "-c",
-            "mount -o remount,rw,bind /data; touch /data/new")
+    run("run", "--rm", "-v", f"{host_dir}:/data:ro", "busybox", "sh", "-c",
+        "mount -o remount,rw,bind /data; touch /data/new")
     assert not (host_dir / "new").exists(), "the container remounted its :ro bind read-write and wrote"
 
 
@@ -92,10 +78,10 @@ def test_a_missing_host_path_becomes_a_directory_like_docker(run, tmp_path):
     assert missing.is_dir()
 
 
-def test_an_image_symlink_never_leads_a_mount_out_of_the_rootfs(run, names, host_dir):
+def test_an_image_symlink_never_leads_a_mount_out_of_the_rootfs(run, names, images, host_dir):
     name = names("symlink")
     assert run("run", "--name", name, "busybox", "ln", "-s", "/etc", "/danger").returncode == 0
-    assert run("commit", name, "symlinked").returncode == 0
+    assert run("commit", name, images("symlinked")).returncode == 0
     marker = f"/etc/labtool-test-{os.getpid()}"
     p = run("run", "--rm", "-v", f"{host_dir}:/danger/{os.path.basename(marker)}", "symlinked", "cat",
             f"{marker}/f.txt")
@@ -108,7 +94,8 @@ def test_an_image_symlink_never_leads_a_mount_out_of_the_rootfs(run, names, host
 def test_named_volume_persists_across_containers_and_rm(run, names):
     volume = f"persist-{os.getpid()}"
     first = names("writer")
-    assert run("run", "--name", first, "-v", f"{volume}:/data", "busybox", "sh", "-c", "echo kept > /data/f").returncode == 0
+    p = run("run", "--name", first, "-v", f"{volume}:/data", "busybox", "sh", "-c", "echo kept > /data/f")
+    assert p.returncode == 0, p.stderr
     assert run("rm", "-v", first).returncode == 0                  # -v: anonymous volumes only
     assert f"local     {volume}" in volume_names(run)
     p = run("run", "--rm", "-v", f"{volume}:/data", "busybox", "cat", "/data/f")
@@ -118,7 +105,8 @@ def test_named_volume_persists_across_containers_and_rm(run, names):
 
 def test_first_use_copies_the_images_files_into_an_empty_volume(run, names):
     volume = f"etc-{os.getpid()}"
-    p = run("run", "--rm", "-v", f"{volume}:/etc", "busybox", "sh", "-c", "cat /etc/passwd | head -1; echo mine > /etc/mine")
+    p = run("run", "--rm", "-v", f"{volume}:/etc", "busybox", "sh", "-c",
+            "cat /etc/passwd | head -1; echo mine > /etc/mine")
     assert p.stdout == "root:x:0:0:root:/root:/bin/sh\n"
     data = json.loads(run("volume", "inspect", volume).stdout)[0]["Mountpoint"]
     assert sorted(os.listdir(data))[:3] == ["group", "hostname", "hosts"] and os.path.exists(f"{data}/mine")
@@ -158,9 +146,11 @@ def test_volumes_from_shares_the_data_and_ro_makes_it_read_only(run, names):
     source = names("data-shared")
     assert run("run", "--name", source, "-v", "/var/lib/data", "busybox", "sh", "-c",
                "echo shared > /var/lib/data/f").returncode == 0
-    p = run("run", "--rm", "--volumes-from", source, "busybox", "sh", "-c", "cat /var/lib/data/f; echo 2 > /var/lib/data/g")
+    p = run("run", "--rm", "--volumes-from", source, "busybox", "sh", "-c",
+            "cat /var/lib/data/f; echo 2 > /var/lib/data/g")
     assert p.stdout == "shared\n" and p.returncode == 0
-    p = run("run", "--rm", "--volumes-from", f"{source}:ro", "busybox", "sh", "-c", "cat /var/lib/data/g; touch /var/lib/data/h")
+    p = run("run", "--rm", "--volumes-from", f"{source}:ro", "busybox", "sh", "-c",
+            "cat /var/lib/data/g; touch /var/lib/data/h")
     assert p.stdout == "2\n" and "Read-only file system" in p.stderr
 
 

@@ -53,9 +53,12 @@ def all_records():
     top = paths.containers_dir()
     if not os.path.isdir(top):
         return []
-    return [Record(cid, read_json(os.path.join(top, cid, "config.json")), read_json(os.path.join(top, cid, "state.json")),
-                   read_json(os.path.join(top, cid, "mounts.json")) or [])
-            for cid in sorted(os.listdir(top))]
+    records = []
+    for cid in sorted(os.listdir(top)):
+        here = os.path.join(top, cid)
+        records.append(Record(cid, read_json(f"{here}/config.json"), read_json(f"{here}/state.json"),
+                              read_json(f"{here}/mounts.json") or []))
+    return records
 
 
 def find(name_or_id):

@@ -217,7 +217,14 @@ def _store_image(ref, layer_descriptors, config):
     return find(ref)
 
 
+def untag(ref):
+    """Remove the tag ``ref`` from index.json. Blobs and unpacked layers stay: other images
+    and existing containers may share them."""
+    _update_index(normalize(ref), None)
+
+
 def _update_index(ref, descriptor):
+    """Point tag ``ref`` at ``descriptor`` (None: remove the tag)."""
     import fcntl
 
     images = paths.images_dir()
@@ -227,8 +234,8 @@ def _update_index(ref, descriptor):
     with open(os.path.join(images, ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         index = _read_index()
-        index["manifests"] = [m for m in index["manifests"]
-                              if m.get("annotations", {}).get(REF_ANNOTATION) != ref] + [descriptor]
+        others = [m for m in index["manifests"] if m.get("annotations", {}).get(REF_ANNOTATION) != ref]
+        index["manifests"] = others + ([descriptor] if descriptor else [])
         tmp = os.path.join(images, "index.json.tmp")
         with open(tmp, "w") as f:
             json.dump(index, f, indent=1)
