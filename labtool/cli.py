@@ -8,6 +8,8 @@
     labtool images
     labtool stats [--no-stream] [CONTAINER...]
     labtool inspect CONTAINER...
+    labtool rm [-f] [-v] CONTAINER...     labtool diff CONTAINER     labtool commit CONTAINER IMAGE
+    labtool volume create|ls|inspect|rm|prune     labtool info
     labtool reset [--all]
     labtool notebooks --student DIR
 
@@ -36,6 +38,7 @@ def _parser():
     run = sub.add_parser("run", help="run a command in a new container", add_help=False)
     run.add_argument("--help", action="help", help="show this help and exit")
     run.add_argument("--rm", action="store_true", help="remove the container when it exits")
+    _storage_flags(run)
     run.add_argument("--upto", default="full", metavar="STEP",
                      help="only the steps up to STEP: chroot, namespaces, ..., full (the default)")
     run.add_argument("--explain", action="store_true", help="narrate every kernel action on stderr")
@@ -76,6 +79,7 @@ def _parser():
     ex.add_argument("args", nargs=argparse.REMAINDER, metavar="CMD")
 
     sub.add_parser("images", help="list images")
+    _storage_commands(sub)
 
     stats = sub.add_parser("stats", help="CPU, memory, network, disk and pids of running containers")
     stats.add_argument("--no-stream", action="store_true", help="print one reading and exit")
@@ -94,6 +98,43 @@ def _parser():
     return p
 
 
+def _storage_flags(run):
+    """Step 04's flags of ``labtool run``."""
+    run.add_argument("--volume", "-v", action="append", default=[], metavar="[SRC:]DST[:ro]",
+                     help="a bind mount (SRC a host path) or a volume (SRC a name, or none: anonymous)")
+    run.add_argument("--tmpfs", action="append", default=[], metavar="DST[:OPTIONS]",
+                     help="a tmpfs at DST, e.g. /run:size=64m")
+    run.add_argument("--read-only", action="store_true", help="mount the container's root read-only")
+    run.add_argument("--volumes-from", action="append", default=[], metavar="CONTAINER[:ro]",
+                     help="mount the volumes of another container")
+
+
+def _storage_commands(sub):
+    """Step 04's commands: rm, diff, commit, volume, info."""
+    rm = sub.add_parser("rm", help="remove containers")
+    rm.add_argument("--force", "-f", action="store_true", help="kill a running container first")
+    rm.add_argument("--volumes", "-v", action="store_true", help="remove its anonymous volumes too")
+    rm.add_argument("containers", nargs="+", metavar="CONTAINER")
+    diff = sub.add_parser("diff", help="list the files a container added (A), changed (C), deleted (D)")
+    diff.add_argument("container")
+    commit = sub.add_parser("commit", help="make a new image from a container's changes")
+    commit.add_argument("container")
+    commit.add_argument("image", metavar="IMAGE[:TAG]")
+    sub.add_parser("info", help="storage driver, cgroup version, kernel, counts")
+
+    # one parser for all five (each parser costs start-up time of every labtool command)
+    volume = sub.add_parser("volume", help="manage volumes: create [NAME], ls, inspect NAME..., rm NAME..., "
+                                           "prune [-a] [-f]")
+    volume.add_argument("action", choices=VOLUME_ACTIONS)
+    volume.add_argument("names", nargs="*", metavar="NAME")
+    volume.add_argument("--all", "-a", action="store_true", help="prune: named volumes too")
+    volume.add_argument("--force", "-f", action="store_true", help="prune: do not ask")
+
+
+# labtool volume ACTION and what follows it
+VOLUME_ACTIONS = {"create": "[NAME]", "ls": "", "inspect": "NAME...", "rm": "NAME...", "prune": "[-a] [-f]"}
+
+
 def _needs_root(what):
     if os.geteuid() != 0:
         raise NeedsRoot(what)
@@ -105,7 +146,7 @@ def _env(flags):
 
 
 def cmd_run(a):
-    from labtool import runtime
+    from labtool import mounts, runtime
     from labtool.spec import ContainerSpec, Namespaces, Process
 
     _needs_root("labtool run")
@@ -116,6 +157,8 @@ def cmd_run(a):
                          namespaces=Namespaces(pid=a.pid, ipc=a.ipc, uts=a.uts,
                                                user="private" if a.userns else "host"),
                          resources=_resources(a))
+    spec.mounts = [mounts.parse_volume(v) for v in a.volume] + [mounts.parse_tmpfs(t) for t in a.tmpfs]
+    spec.read_only, spec.volumes_from = a.read_only, a.volumes_from
     return runtime.run(spec)
 
 
@@ -203,6 +246,86 @@ def cmd_inspect(a):
     return 0
 
 
+def cmd_rm(a):
+    from labtool.engine import containers
+
+    _needs_root("labtool rm")
+    failed = 0
+    for name in a.containers:       # like docker: go on with the others, report each failure
+        try:
+            containers.remove(name, force=a.force, volumes=a.volumes)
+            print(name)
+        except LabtoolError as e:
+            print(f"labtool: {e}", file=sys.stderr)
+            failed += 1
+    return 125 if failed else 0
+
+
+def cmd_diff(a):
+    from labtool import changes
+
+    for change in changes.diff(a.container):
+        print(change)
+    return 0
+
+
+def cmd_commit(a):
+    from labtool import changes
+
+    _needs_root("labtool commit")
+    print(changes.commit(a.container, a.image).id)
+    return 0
+
+
+def cmd_info(a):
+    from labtool import info
+
+    for label, value in info.info():
+        print(f"{label}: {value}")
+    return 0
+
+
+def cmd_volume(a):
+    import json
+
+    from labtool import volumes
+
+    _needs_root("labtool volume")
+    usage = VOLUME_ACTIONS[a.action]
+    if (usage == "NAME..." and not a.names) or (usage != "NAME..." and len(a.names) > (usage == "[NAME]")):
+        raise UsageError(f"usage: labtool volume {a.action} {usage}".rstrip())
+    if a.action == "create":
+        print(volumes.create(*a.names).name)
+    elif a.action == "ls":
+        print(f"{'DRIVER':<10}VOLUME NAME")
+        for v in volumes.all_volumes():
+            print(f"{volumes.DRIVER:<10}{v.name}")
+    elif a.action == "inspect":
+        print(json.dumps([volumes.find(name).inspect() for name in a.names], indent=4))
+    elif a.action == "rm":
+        failed = 0
+        for name in a.names:
+            try:
+                volumes.remove(name)
+                print(name)
+            except LabtoolError as e:
+                print(f"labtool: {e}", file=sys.stderr)
+                failed += 1
+        return 125 if failed else 0
+    elif a.action == "prune":
+        which = "local volumes" if a.all else "anonymous local volumes"
+        if not a.force:
+            print(f"WARNING! This will remove {which} not used by at least one container.\n"
+                  "Are you sure you want to continue? [y/N] ", end="", flush=True)
+            if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+                return 0
+        removed, freed = volumes.prune(everything=a.all)
+        if removed:
+            print("Deleted Volumes:", *removed, "", sep="\n")
+        print(f"Total reclaimed space: {_human(freed)}")
+    return 0
+
+
 def cmd_reset(a):
     from labtool import reset
 
@@ -220,8 +343,10 @@ def cmd_notebooks(a):
     return 0
 
 
-COMMANDS = {"run": cmd_run, "exec": cmd_exec, "images": cmd_images, "stats": cmd_stats, "inspect": cmd_inspect,
-            "reset": cmd_reset, "notebooks": cmd_notebooks}
+COMMANDS = {"run": cmd_run, "exec": cmd_exec, "images": cmd_images, "reset": cmd_reset, "notebooks": cmd_notebooks}
+COMMANDS.update({"stats": cmd_stats, "inspect": cmd_inspect})                      # step 03
+COMMANDS.update({"rm": cmd_rm, "diff": cmd_diff, "commit": cmd_commit, "info": cmd_info,   # step 04
+                 "volume": cmd_volume})
 
 
 def main(argv=None):

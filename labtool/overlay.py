@@ -8,13 +8,33 @@ The union filesystem of the slides ("Union FS"): overlayfs stacks directories
     workdir=W        overlayfs's scratch space, on the same filesystem as U
 
 Reading a file finds it in the highest layer that has it. Writing a file of the image
-first copies it up into U ("copy-up"); deleting one leaves a "whiteout" in U. Starting a
-container costs one mount(2) instead of a copy of the whole image.
+first copies it up into U ("copy-up"); deleting one leaves a "whiteout" in U: a character
+device 0:0 with the deleted name. A directory deleted and made again is "opaque" (the
+extended attribute ``trusted.overlay.opaque=y``): nothing below it shows through.
+Starting a container costs one mount(2) instead of a copy of the whole image.
+
+Each container directory holds, like Docker's overlay2 driver::
+
+    init/      the mount points every container needs (/proc, /etc/hosts ...): a layer of
+               its own on top of the image, so they are not counted as the container's changes
+    upper/     the container's changes, kept until ``labtool rm``: ``diff`` and ``commit`` read it
+    work/      overlayfs's scratch space
+    rootfs/    the merged view: the container's /
+    storage.json  which driver, and the directories above (``docker inspect``'s GraphDriver)
+
+Where overlayfs is missing (``mount`` fails with ENODEV or EINVAL), or when
+``LABTOOL_STORAGE=vfs`` asks for it, the root is a full copy instead: Docker's ``vfs``
+driver, slow and big, but it works on any filesystem.
 """
 
+import errno
+import json
 import os
+import stat
 
-from labtool import explain, syscalls
+from labtool import explain, mounts, paths, syscalls
+
+OPAQUE = "trusted.overlay.opaque"   # the xattr overlayfs puts on an opaque directory
 
 
 def mount_overlay(layers, upper, work, target):
@@ -28,16 +48,110 @@ def mount_overlay(layers, upper, work, target):
     syscalls.mount("overlay", target, "overlay", 0, options)
 
 
+# --- whiteouts: how a layer says "deleted" ------------------------------------------------
+
+def is_whiteout(path):
+    """A deleted file, as overlayfs marks it: a character device with number 0:0."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def is_opaque(path):
+    """A directory that hides whatever the layers below have at the same path."""
+    try:
+        return os.getxattr(path, OPAQUE, follow_symlinks=False) == b"y"
+    except OSError:
+        return False
+
+
+def make_whiteout(path):
+    os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(0, 0))
+
+
+def make_opaque(path):
+    os.setxattr(path, OPAQUE, b"y", follow_symlinks=False)
+
+
+# --- the container's storage -------------------------------------------------------------
+
+def storage(name_or_id):
+    """Container NAME's driver and directories, lowest layer first (for the layer picture
+    of a notebook: ``storage("web")["LowerDir"]``, ``["UpperDir"]``)."""
+    from labtool.engine import containers
+
+    return storage_of(paths.container_dir(containers.find(name_or_id).id))
+
+
+def storage_of(container_dir):
+    """The storage record of a container directory (driver and directories); {} if none."""
+    try:
+        with open(os.path.join(container_dir, "storage.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _why_not_overlay():
+    if os.environ.get("LABTOOL_STORAGE") == "vfs":
+        return "LABTOOL_STORAGE=vfs asks for it"
+    return ""
+
+
+def _make_init_layer(c):
+    """Docker's "init layer": the container's mount points, made on the host, so that even
+    root of a user namespace (who may not create them in the image's directories) has them."""
+    from labtool.rootfs import make_mountpoints
+
+    init = os.path.join(c.dir, "init")
+    make_mountpoints(init)
+    return init
+
+
+def _use_vfs(c, lower, why):
+    from labtool.rootfs import copy_layers
+
+    explain.say("overlay", f"vfs driver: copy {len(lower)} layer(s) -> <rootfs>", why)
+    copy_layers(lower, c.rootfs)
+    c.storage = "vfs"
+
+
+def _write_storage(c, lower):
+    record = {"Driver": c.storage, "Image": c.image.id, "ImageRef": c.image.ref,
+              "ImageManifest": c.image.manifest, "LowerDir": lower, "MergedDir": c.rootfs}
+    if c.storage == "overlay":
+        record.update(UpperDir=os.path.join(c.dir, "upper"), WorkDir=os.path.join(c.dir, "work"))
+    with open(os.path.join(c.dir, "storage.json"), "w") as f:
+        json.dump(record, f, indent=1)
+
+
 # --- the step, as runtime.py calls it ----------------------------------------------------
 
 def prepare(c):
-    """Host side: the container's root is the image's layers with its own upper layer on top.
+    """Host side: the container's root is the image's layers with its own upper layer on top;
+    then the mounts it asked for (volumes, bind mounts, tmpfs: ``mounts.prepare``).
 
     Like Docker's overlay2 "merged" directory, the mount is made on the host, so that
     ``findmnt`` there shows it; teardown (rootfs.teardown) unmounts it.
     """
-    from labtool.rootfs import make_mountpoints
+    lower = list(c.image.layers) + [_make_init_layer(c)]
+    why_not = _why_not_overlay()
+    if not why_not:
+        try:
+            mount_overlay(lower, os.path.join(c.dir, "upper"), os.path.join(c.dir, "work"), c.rootfs)
+            c.storage = "overlay"
+        except OSError as e:
+            if e.errno not in (errno.ENODEV, errno.EINVAL):
+                raise
+            why_not = f"overlay cannot be mounted here: {os.strerror(e.errno)}"
+    if why_not:
+        _use_vfs(c, lower, why_not)
+    _write_storage(c, lower)
+    mounts.prepare(c)
 
-    upper = os.path.join(c.dir, "upper")
-    make_mountpoints(upper)                   # /proc, /etc/hosts ... as the first changes
-    mount_overlay(c.image.layers, upper, os.path.join(c.dir, "work"), c.rootfs)
+
+def before_pivot_root(c):
+    """In the child, with the host's files still in view: bind mounts, tmpfs, read-only root."""
+    mounts.before_pivot_root(c)

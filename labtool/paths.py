@@ -3,6 +3,7 @@
     /var/lib/labtool/images      the image store (an OCI image layout)
     /var/lib/labtool/layers      each image layer unpacked once, read by containers
     /var/lib/labtool/containers  one directory per container: config, state, rootfs, logs
+    /var/lib/labtool/volumes     managed volumes, one directory each (``<name>/_data``)
     /run/labtool                 runtime state that must vanish at reboot (locks, pids)
 
 ``LABTOOL_ROOT=/some/dir`` moves all of it under ``/some/dir/lib`` and ``/some/dir/run``,
@@ -36,3 +37,7 @@ def containers_dir():
 
 def container_dir(container_id):
     return os.path.join(containers_dir(), container_id)
+
+
+def volumes_dir():
+    return os.path.join(lib_dir(), "volumes")

@@ -15,6 +15,7 @@ uses pivot_root; it needs a new mount namespace (step 02) so the host keeps its 
 
 import os
 import shutil
+import stat
 
 from labtool import explain, mounts, syscalls
 
@@ -27,7 +28,57 @@ def copy_layers(layers, target):
     """
     os.makedirs(target, exist_ok=True)
     for layer in layers:
-        shutil.copytree(layer, target, symlinks=True, dirs_exist_ok=True)
+        apply_layer(layer, target)
+        shutil.copystat(layer, target)
+
+
+def apply_layer(layer, target):
+    """Copy one layer over ``target``: its files win, and its deletions delete.
+
+    A layer says "deleted" the way overlayfs does (step 04): a whiteout (a character device
+    0:0) removes that name, an opaque directory replaces the whole directory below it.
+    """
+    from labtool.overlay import is_opaque, is_whiteout
+
+    for entry in os.scandir(layer):
+        dest = os.path.join(target, entry.name)
+        if is_whiteout(entry.path):
+            _remove(dest)
+        elif entry.is_dir(follow_symlinks=False):
+            if is_opaque(entry.path) or not (os.path.isdir(dest) and not os.path.islink(dest)):
+                _remove(dest)
+                os.mkdir(dest)
+            apply_layer(entry.path, dest)
+            shutil.copystat(entry.path, dest, follow_symlinks=False)
+            _copy_owner(entry.path, dest)
+        else:
+            _remove(dest)
+            copy_entry(entry.path, dest)
+
+
+def copy_entry(source, dest):
+    """Copy one file, symlink, device or fifo, keeping its mode, owner and times."""
+    st = os.lstat(source)
+    if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) or stat.S_ISFIFO(st.st_mode):
+        os.mknod(dest, st.st_mode, st.st_rdev)
+    elif not stat.S_ISSOCK(st.st_mode):          # a socket is a live thing: nothing to copy
+        shutil.copy2(source, dest, follow_symlinks=False)
+    if os.path.lexists(dest):
+        _copy_owner(source, dest)
+
+
+def _copy_owner(source, dest):
+    st = os.lstat(source)
+    os.lchown(dest, st.st_uid, st.st_gid)
+    if not stat.S_ISLNK(st.st_mode):
+        os.chmod(dest, stat.S_IMODE(st.st_mode))   # again: chown clears set-user-ID bits
+
+
+def _remove(path):
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.unlink(path)
 
 
 def chroot(new_root):
@@ -208,6 +259,9 @@ def in_child(c):
     if "mnt" in c.namespaces:
         make_mounts_private()
         mount_kernel_filesystems(c)
+        for step in c.steps:          # later steps' mounts from host paths (volumes: step 04)
+            if hasattr(step.module, "before_pivot_root"):
+                step.module.before_pivot_root(c)
         pivot_root(c.rootfs)
     else:
         chroot(c.rootfs)

@@ -8,6 +8,7 @@ Every step module has the same small shape (each function is optional):
     prepare(c)         on the host, before the child exists   (copy the rootfs, mount overlay)
     started(c, pid)    on the host, once the child exists     (map its user ids)
     in_child(c)        in the child, before exec               (mount /proc, pivot_root)
+    before_pivot_root(c)  in the child, called by rootfs.in_child (bind mounts of host paths)
     teardown(c)        on the host, after the child is gone    (unmount)
 
 The child itself is made by ``namespaces.fork_into``: a fork, in new namespaces when
@@ -70,6 +71,7 @@ class Container:
     steps: list
     namespaces: dict = field(default_factory=dict)   # kind -> None (new) or a path to join
     storage: str = "vfs"              # "vfs": a copy of the image; "overlay": step 04
+    mounts: list = field(default_factory=list)       # mounts.MountPoint: volumes, binds (step 04)
     hostname: str = ""
     pid: int = 0
     devices: list = field(default_factory=list)      # --device, parsed: cgroups.devices.Device
@@ -107,6 +109,10 @@ def new_container(spec):
         c.devices = [devices.parse_device(d) for d in spec.resources.devices]
     elif spec.resources != type(spec.resources)():
         raise UsageError(f"resource limits need step 03 (cgroups); --upto {spec.upto} stops before it")
+    if (spec.mounts or spec.read_only or spec.volumes_from) and "overlay" not in names:
+        raise UsageError("volumes, bind mounts, --tmpfs and --read-only come with step 04: "
+                         "use --upto overlay or later")
+    mounts.check_spec(spec)
     os.makedirs(c.dir)
     _write_json(c, "config.json", asdict(spec))
     return c
@@ -173,8 +179,8 @@ def run(spec):
             if hasattr(step.module, "teardown"):
                 step.module.teardown(c)
         if spec.remove or code is None:       # --rm, or it never ran: leave nothing behind
-            remove(c.dir)
-        else:
+            remove(c.dir, volumes=True)
+        elif os.path.isdir(c.dir):            # (unless ``labtool rm -f`` took it away)
             _write_json(c, "state.json", {"Status": "exited", "ExitCode": code, "OOMKilled": c.oom_killed,
                                           "StartedAt": started, "FinishedAt": time.time()})
     return code
@@ -323,8 +329,15 @@ def exec_in(name, argv, env=(), cwd="", user="", explain_it=False):
     return _outcome(status, errors_r)
 
 
-def remove(container_dir):
-    """Delete a container's directory, after making sure nothing is mounted in it."""
+def remove(container_dir, volumes=False):
+    """Delete a container's directory, after making sure nothing is mounted in it; with
+    ``volumes`` (``rm -v``, ``run --rm``) its anonymous volumes too, unless another
+    container uses them."""
     if mounts.unmount_under(container_dir) and mounts.mounts_under(container_dir):
         raise LabtoolError(f"refusing to delete {container_dir}: something is still mounted in it")
+    used = containers.read_json(os.path.join(container_dir, "mounts.json")) or []
     shutil.rmtree(container_dir, ignore_errors=True)
+    if volumes and any(m.get("Type") == "volume" for m in used):
+        from labtool import volumes as volume_store
+
+        volume_store.remove_anonymous(used)

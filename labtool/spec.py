@@ -22,6 +22,22 @@ class Process:
 
 
 @dataclass
+class Mount:
+    """One mount into the container (OCI: ``mounts[]``; Docker: ``HostConfig.Mounts``).
+
+    "bind":   ``source`` is a host path, file or directory (``-v /host:/ctr``)
+    "volume": ``source`` is a volume name, "" for a new anonymous one (``-v NAME:/ctr``, ``-v /ctr``)
+    "tmpfs":  a filesystem in memory, gone with the container (``--tmpfs /run:size=64m``)
+    """
+
+    type: str                        # "bind", "volume" or "tmpfs"
+    target: str                      # an absolute path inside the container
+    source: str = ""
+    read_only: bool = False          # ":ro"
+    options: list = field(default_factory=list)   # tmpfs: ["size=64m", "mode=1777", "exec"]
+
+
+@dataclass
 class Namespaces:
     """Where each kind of namespace comes from (Docker's --pid, --ipc, --uts, --userns).
 
@@ -64,6 +80,10 @@ class ContainerSpec:
     upto: str = "full"               # run only the steps up to this one (see runtime.STEPS)
     explain: bool = False            # narrate each kernel action on stderr
     remove: bool = False             # --rm: delete the container when it exits
+    # step 04: mounts (Docker's HostConfig.Mounts, .ReadonlyRootfs, .VolumesFrom)
+    mounts: list = field(default_factory=list)         # of Mount, from -v and --tmpfs
+    read_only: bool = False                            # --read-only: the root filesystem
+    volumes_from: list = field(default_factory=list)   # "CONTAINER[:ro|:rw]"
     namespaces: Namespaces = field(default_factory=Namespaces)
     init: bool = False               # --init: a tiny init as PID 1 runs the command
     resources: Resources = field(default_factory=Resources)

@@ -214,3 +214,33 @@ def running_pid(root, name):
         if config.get("name") == name and state.get("Status") == "running":
             return state["Pid"]
     return 0
+
+
+@pytest.fixture
+def names(run):
+    """Unique container names for a test; the containers are removed (with -v) after it."""
+    made = []
+
+    def name(base):
+        made.append(f"{base}-{os.getpid()}-{len(made)}")
+        return made[-1]
+
+    yield name
+    if made:
+        run("rm", "-f", "-v", *made)
+
+
+@pytest.fixture
+def images():
+    """Image names for a test; untagged after it (the notebooks list the images of this root)."""
+    from labtool.images import store
+
+    made = []
+
+    def image(ref):
+        made.append(ref)
+        return ref
+
+    yield image
+    for ref in made:
+        store.untag(ref)

@@ -2,13 +2,14 @@
 
     containers/<id>/config.json   the ContainerSpec it was made from
     containers/<id>/state.json    {"Status": "running", "Pid": 1234, "ExitCode": ...}
+    containers/<id>/mounts.json   what was mounted where (``docker inspect``'s "Mounts")
 
 A container is found by its full id, a unique prefix of it, or its name.
 """
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from labtool import paths
 from labtool.errors import ContainerNotFound, LabtoolError
@@ -19,6 +20,7 @@ class Record:
     id: str
     config: dict
     state: dict
+    mounts: list = field(default_factory=list)
 
     @property
     def name(self):
@@ -39,7 +41,7 @@ class Record:
         return pid if start_time == self.state.get("PidStartTime", start_time) else 0
 
 
-def _read(path):
+def read_json(path):
     try:
         with open(path) as f:
             return json.load(f)
@@ -51,8 +53,12 @@ def all_records():
     top = paths.containers_dir()
     if not os.path.isdir(top):
         return []
-    return [Record(cid, _read(os.path.join(top, cid, "config.json")), _read(os.path.join(top, cid, "state.json")))
-            for cid in sorted(os.listdir(top))]
+    records = []
+    for cid in sorted(os.listdir(top)):
+        here = os.path.join(top, cid)
+        records.append(Record(cid, read_json(f"{here}/config.json"), read_json(f"{here}/state.json"),
+                              read_json(f"{here}/mounts.json") or []))
+    return records
 
 
 def find(name_or_id):
@@ -137,3 +143,29 @@ def inspect(record):
             "Init": config.get("init", False),
         },
     }
+
+
+def remove(name_or_id, force=False, volumes=False):
+    """``labtool rm``: delete a container that has exited; ``force`` kills a running one
+    first (SIGKILL, as ``docker rm -f``); ``volumes`` removes its anonymous volumes too."""
+    import signal
+    import time
+
+    from labtool import runtime
+
+    record = find(name_or_id)
+    pid = record.running_pid
+    if pid and not force:
+        raise LabtoolError(f"You cannot remove a running container {record.id}. Stop the container "
+                           f"before attempting removal or force remove (rm -f)")
+    if pid:
+        os.kill(pid, signal.SIGKILL)
+        container_dir = paths.container_dir(record.id)
+        state_file = os.path.join(container_dir, "state.json")
+        deadline = time.time() + 10
+        # wait for the labtool that runs it to unmount and say "exited" (or, --rm, to remove it)
+        while time.time() < deadline and os.path.isdir(container_dir):
+            if read_json(state_file).get("Status") != "running":
+                break
+            time.sleep(0.02)
+    runtime.remove(paths.container_dir(record.id), volumes=volumes)

@@ -34,6 +34,7 @@ class Image:
     id: str               # "sha256:..." of the config, like Docker's image id
     config: dict          # the OCI image config (config.Env, config.Cmd, rootfs, history)
     layers: list          # unpacked layer directories, lowest first
+    manifest: str = ""    # "sha256:..." of the manifest (what ``labtool commit`` builds on)
 
     @property
     def env(self):
@@ -82,12 +83,16 @@ def find(ref):
     ref = normalize(ref)
     for name, descriptor in list_images():
         if name == ref:
-            manifest = json.loads(read_blob(descriptor["digest"]))
-            config = json.loads(read_blob(manifest["config"]["digest"]))
-            layers = [os.path.join(paths.layers_dir(), d.split(":", 1)[1])
-                      for d in config["rootfs"]["diff_ids"]]
-            return Image(ref, manifest["config"]["digest"], config, layers)
+            return from_manifest(descriptor["digest"], ref)
     return None
+
+
+def from_manifest(digest, ref=""):
+    """The ``Image`` a manifest describes (also when no tag names it any more)."""
+    manifest = json.loads(read_blob(digest))
+    config = json.loads(read_blob(manifest["config"]["digest"]))
+    layers = [os.path.join(paths.layers_dir(), d.split(":", 1)[1]) for d in config["rootfs"]["diff_ids"]]
+    return Image(ref, manifest["config"]["digest"], config, layers, digest)
 
 
 def write_blob(data):
@@ -122,8 +127,29 @@ def unpack_layer(tar_bytes, diff_id):
         else:
             tar.extractall(tmp)
     os.chmod(tmp, 0o755)
+    _whiteouts_to_overlay(tmp)
     os.rename(tmp, target)
     return target
+
+
+def _whiteouts_to_overlay(top):
+    """Turn the OCI whiteout files of a layer into overlayfs's own marks, so that the
+    unpacked layer can be a lowerdir (OCI image-spec, layer.md, "Whiteouts")::
+
+        dir/.wh.NAME      "NAME was deleted"       -> a character device 0:0 named NAME
+        dir/.wh..wh..opq  "dir replaces the below" -> the xattr trusted.overlay.opaque=y on dir
+    """
+    from labtool import overlay
+
+    for dirpath, _dirs, files in os.walk(top):
+        for name in files:
+            if not name.startswith(".wh."):
+                continue
+            os.unlink(os.path.join(dirpath, name))
+            if name == ".wh..wh..opq":
+                overlay.make_opaque(dirpath)
+            else:
+                overlay.make_whiteout(os.path.join(dirpath, name[len(".wh."):]))
 
 
 def _safe_paths_keep_modes(member, path):
@@ -141,18 +167,42 @@ def add_image(ref, layer_tars, config):
     Fills in ``config.rootfs.diff_ids``, writes gzip'd layer blobs, the config, the
     manifest, and records the tag in index.json (under a lock: builds may run at once).
     """
+    descriptors, diff_ids = [], []
+    for tar_bytes in layer_tars:
+        descriptor, diff_id = _store_layer(tar_bytes)
+        descriptors.append(descriptor)
+        diff_ids.append(diff_id)
+    return _store_image(ref, descriptors, dict(config, rootfs={"type": "layers", "diff_ids": diff_ids}))
+
+
+def add_layer(parent, ref, tar_bytes, history):
+    """Store a new image: the layers of ``parent`` (an ``Image``), one more layer on top,
+    and ``parent``'s config with ``history`` appended (what ``labtool commit`` does).
+    The parent's layers are shared, not copied: only the new layer is written."""
+    manifest = json.loads(read_blob(parent.manifest))
+    descriptor, diff_id = _store_layer(tar_bytes)
+    config = json.loads(json.dumps(parent.config))            # a deep copy
+    config["rootfs"]["diff_ids"].append(diff_id)
+    config["history"] = config.get("history", []) + [history]
+    config["created"] = history["created"]
+    return _store_image(ref, manifest["layers"] + [descriptor], config)
+
+
+def _store_layer(tar_bytes):
+    """Write one uncompressed layer tar as a gzip'd blob and unpack it; return its
+    descriptor and its diff id (the sha256 of the tar itself)."""
     import gzip
     import hashlib
 
+    diff_id = "sha256:" + hashlib.sha256(tar_bytes).hexdigest()
+    gz = gzip.compress(tar_bytes, mtime=0)
+    unpack_layer(tar_bytes, diff_id)
+    return {"mediaType": MEDIA_LAYER, "digest": write_blob(gz), "size": len(gz)}, diff_id
+
+
+def _store_image(ref, layer_descriptors, config):
+    """Write the config and the manifest of an image, and tag it ``ref`` in index.json."""
     ref = normalize(ref)
-    layer_descriptors, diff_ids = [], []
-    for tar_bytes in layer_tars:
-        diff_id = "sha256:" + hashlib.sha256(tar_bytes).hexdigest()
-        gz = gzip.compress(tar_bytes, mtime=0)
-        layer_descriptors.append({"mediaType": MEDIA_LAYER, "digest": write_blob(gz), "size": len(gz)})
-        diff_ids.append(diff_id)
-        unpack_layer(tar_bytes, diff_id)
-    config = dict(config, rootfs={"type": "layers", "diff_ids": diff_ids})
     config_bytes = json.dumps(config, sort_keys=True).encode()
     manifest = {
         "schemaVersion": 2,
@@ -167,7 +217,14 @@ def add_image(ref, layer_tars, config):
     return find(ref)
 
 
+def untag(ref):
+    """Remove the tag ``ref`` from index.json. Blobs and unpacked layers stay: other images
+    and existing containers may share them."""
+    _update_index(normalize(ref), None)
+
+
 def _update_index(ref, descriptor):
+    """Point tag ``ref`` at ``descriptor`` (None: remove the tag)."""
     import fcntl
 
     images = paths.images_dir()
@@ -177,8 +234,8 @@ def _update_index(ref, descriptor):
     with open(os.path.join(images, ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         index = _read_index()
-        index["manifests"] = [m for m in index["manifests"]
-                              if m.get("annotations", {}).get(REF_ANNOTATION) != ref] + [descriptor]
+        others = [m for m in index["manifests"] if m.get("annotations", {}).get(REF_ANNOTATION) != ref]
+        index["manifests"] = others + ([descriptor] if descriptor else [])
         tmp = os.path.join(images, "index.json.tmp")
         with open(tmp, "w") as f:
             json.dump(index, f, indent=1)

@@ -1,0 +1,52 @@
+"""``labtool info``: what this machine gives labtool, like the first lines of ``docker info``.
+
+    Storage Driver: overlay        or vfs, and why (no overlayfs, LABTOOL_STORAGE=vfs)
+    Cgroup Version: v1 (hybrid)    read from /proc/self/mountinfo (see ``cgroup_version``)
+    Kernel Version, Labtool Root Dir, and how many containers, images, volumes there are
+"""
+
+import os
+
+from labtool import mounts, paths
+
+
+def cgroup_version():
+    """v2, v1, or "v1 (hybrid)" (v1 controllers plus a cgroup2 tree, as on this lab's CI
+    machine), from the filesystem types in the mount table."""
+    types = {m["fstype"] for m in mounts.mountinfo()}
+    if "cgroup" in types:
+        return "v1 (hybrid)" if "cgroup2" in types else "v1"
+    return "v2" if "cgroup2" in types else "none"
+
+
+def storage_driver():
+    """The driver the next container gets, and why when it is not overlay."""
+    if os.environ.get("LABTOOL_STORAGE") == "vfs":
+        return "vfs", "LABTOOL_STORAGE=vfs"
+    with open("/proc/filesystems") as f:
+        if any(line.split()[-1:] == ["overlay"] for line in f):
+            return "overlay", ""
+    return "overlay", "overlay is not in /proc/filesystems: vfs if the kernel module cannot be loaded"
+
+
+def info():
+    """(label, value) pairs, in docker info's order; an indented label is a detail."""
+    from labtool import volumes
+    from labtool.engine import containers
+    from labtool.images import store
+
+    records = containers.all_records()
+    running = sum(1 for r in records if r.running_pid)
+    driver, why = storage_driver()
+    return [
+        ("Containers", len(records)),
+        (" Running", running),
+        (" Stopped", len(records) - running),
+        ("Images", len(store.list_images())),
+        ("Volumes", len(volumes.all_volumes())),
+        ("Storage Driver", driver),
+        *([(" Why", why)] if why else []),
+        ("Cgroup Version", cgroup_version()),
+        ("Kernel Version", os.uname().release),
+        ("Labtool Root Dir", paths.lib_dir()),
+    ]
