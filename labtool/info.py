@@ -7,16 +7,14 @@
 
 import os
 
-from labtool import mounts, paths
+from labtool import paths
 
 
 def cgroup_version():
-    """v2, v1, or "v1 (hybrid)" (v1 controllers plus a cgroup2 tree, as on this lab's CI
-    machine), from the filesystem types in the mount table."""
-    types = {m["fstype"] for m in mounts.mountinfo()}
-    if "cgroup" in types:
-        return "v1 (hybrid)" if "cgroup2" in types else "v1"
-    return "v2" if "cgroup2" in types else "none"
+    """v2, v1, or v1 hybrid, read from the mount table (see ``labtool.cgroups.layout``)."""
+    from labtool import cgroups
+
+    return {"v2": "v2", "hybrid": "v1 (hybrid)", "v1": "v1", "none": "none"}[cgroups.layout()]
 
 
 def storage_driver():

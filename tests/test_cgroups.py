@@ -21,32 +21,21 @@ def _container_id(root, name):
     raise AssertionError(f"no container named {name}")
 
 
-def _remove(root, name):
-    """Take away an exited container (no `labtool rm` yet in this step)."""
-    from labtool import runtime
-
-    runtime.remove(os.path.join(root, "lib", "containers", _container_id(root, name)))
-
-
 # --- memory ---------------------------------------------------------------------------
 
-def test_oom_kill_ends_the_container_with_137_and_is_recorded(run, labtool_root):
-    p = run("run", "--name", "oom", "--memory", "20m", "busybox", "tail", "/dev/zero")
-    try:
-        assert p.returncode == 137, p.stderr
-        state = json.loads(run("inspect", "oom").stdout)[0]["State"]
-        assert state["OOMKilled"] is True and state["ExitCode"] == 137
-    finally:
-        _remove(labtool_root, "oom")
+def test_oom_kill_ends_the_container_with_137_and_is_recorded(run, names):
+    name = names("oom")
+    p = run("run", "--name", name, "--memory", "20m", "busybox", "tail", "/dev/zero")
+    assert p.returncode == 137, p.stderr
+    state = json.loads(run("inspect", name).stdout)[0]["State"]
+    assert state["OOMKilled"] is True and state["ExitCode"] == 137
 
 
-def test_a_process_under_the_limit_is_not_killed(run, labtool_root):
-    p = run("run", "--name", "fits", "--memory", "20m", "busybox", "sh", "-c", "head -c 5000000 /dev/zero | wc -c")
-    try:
-        assert p.returncode == 0 and p.stdout.strip() == "5000000"
-        assert json.loads(run("inspect", "fits").stdout)[0]["State"]["OOMKilled"] is False
-    finally:
-        _remove(labtool_root, "fits")
+def test_a_process_under_the_limit_is_not_killed(run, names):
+    name = names("fits")
+    p = run("run", "--name", name, "--memory", "20m", "busybox", "sh", "-c", "head -c 5000000 /dev/zero | wc -c")
+    assert p.returncode == 0 and p.stdout.strip() == "5000000"
+    assert json.loads(run("inspect", name).stdout)[0]["State"]["OOMKilled"] is False
 
 
 def test_memory_limits_are_written_in_docker_units(background, labtool_root):
@@ -131,10 +120,10 @@ def test_stats_shows_a_busy_container(background, run):
     assert cells[-1] == "1"                                # PIDS: the loop alone
 
 
-def test_the_cgroup_is_gone_after_the_container(run, labtool_root):
-    p = run("run", "--name", "gone", "busybox", "true")
-    cid = _container_id(labtool_root, "gone")
-    _remove(labtool_root, "gone")
+def test_the_cgroup_is_gone_after_the_container(run, labtool_root, names):
+    name = names("gone")
+    p = run("run", "--name", name, "busybox", "true")
+    cid = _container_id(labtool_root, name)
     assert p.returncode == 0 and cgroups.find(cid) is None
     assert not os.path.exists(os.path.join("/sys/fs/cgroup/memory/labtool", cid))
 

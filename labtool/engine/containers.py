@@ -141,8 +141,21 @@ def inspect(record):
             "PidsLimit": resources.get("pids_limit", 0),
             "Devices": resources.get("devices", []),
             "Init": config.get("init", False),
+            "ReadonlyRootfs": config.get("read_only", False),
         },
+        "Mounts": record.mounts,
+        "GraphDriver": _graph_driver(record.id),
     }
+
+
+def _graph_driver(container_id):
+    """The storage driver and its directories, as docker inspect's GraphDriver shows them."""
+    from labtool import overlay
+
+    storage = overlay.storage_of(paths.container_dir(container_id))
+    data = {key: (":".join(reversed(value)) if key == "LowerDir" else value)   # top layer first
+            for key, value in storage.items() if key.endswith("Dir")}
+    return {"Name": storage.get("Driver", ""), "Data": data}
 
 
 def remove(name_or_id, force=False, volumes=False):
