@@ -36,6 +36,44 @@ def _parser():
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     run = sub.add_parser("run", help="run a command in a new container", add_help=False)
+    run.add_argument("--detach", "-d", action="store_true", help="run in the background; print the id")
+    _container_flags(run)
+    create = sub.add_parser("create", help="create a container without starting it", add_help=False)
+    _container_flags(create)
+
+    ex = sub.add_parser("exec", help="run a command in a running container", add_help=False)
+    ex.add_argument("--help", action="help", help="show this help and exit")
+    ex.add_argument("--env", "-e", action="append", default=[], metavar="KEY=VALUE")
+    ex.add_argument("--workdir", "-w", default="", help="working directory inside the container")
+    ex.add_argument("--user", "-u", default="", metavar="USER[:GROUP]")
+    ex.add_argument("--explain", action="store_true", help="narrate every kernel action on stderr")
+    ex.add_argument("container")
+    ex.add_argument("args", nargs=argparse.REMAINDER, metavar="CMD")
+
+    sub.add_parser("images", help="list images")
+    _storage_commands(sub)
+
+    _lifecycle_commands(sub)
+
+    stats = sub.add_parser("stats", help="CPU, memory, network, disk and pids of running containers")
+    stats.add_argument("--no-stream", action="store_true", help="print one reading and exit")
+    stats.add_argument("containers", nargs="*", metavar="CONTAINER")
+
+    inspect = sub.add_parser("inspect", help="a container's configuration and state, as JSON")
+    inspect.add_argument("containers", nargs="+", metavar="CONTAINER")
+
+    reset = sub.add_parser("reset", help="remove every container and host object labtool made")
+    reset.add_argument("--all", action="store_true", help="remove the images too")
+
+    nb = sub.add_parser("notebooks", help="write learner copies of the notebooks")
+    nb.add_argument("--student", required=True, metavar="DIR",
+                    help="write copies with the solutions replaced by their TODO into DIR")
+    nb.add_argument("--source", default=None, metavar="DIR", help="notebooks to copy (default: the lab's)")
+    return p
+
+
+def _container_flags(run):
+    """The flags of ``labtool run`` and ``labtool create``: what the container will be."""
     run.add_argument("--help", action="help", help="show this help and exit")
     run.add_argument("--rm", action="store_true", help="remove the container when it exits")
     _storage_flags(run)
@@ -66,36 +104,54 @@ def _parser():
     limits.add_argument("--pids-limit", type=int, default=0, metavar="N", help="at most N processes (-1: unlimited)")
     limits.add_argument("--device", action="append", default=[], metavar="HOST[:CONTAINER][:rwm]",
                         help="give the container a host device")
+    run.add_argument("--entrypoint", default=None, metavar="CMD",
+                     help="replace the image's ENTRYPOINT (--entrypoint sh: a shell to look around)")
+    run.add_argument("--env-file", action="append", default=[], metavar="FILE",
+                     help="read KEY=VALUE lines from FILE")
+    run.add_argument("--interactive", "-i", action="store_true", help="keep stdin open (attach yours)")
+    run.add_argument("--tty", "-t", action="store_true", help="a pseudo-terminal for the command")
+    run.add_argument("--restart", default="no", metavar="POLICY",
+                     help="no, on-failure[:N], always, unless-stopped")
     run.add_argument("image")
     run.add_argument("args", nargs=argparse.REMAINDER, metavar="CMD")
 
-    ex = sub.add_parser("exec", help="run a command in a running container", add_help=False)
-    ex.add_argument("--help", action="help", help="show this help and exit")
-    ex.add_argument("--env", "-e", action="append", default=[], metavar="KEY=VALUE")
-    ex.add_argument("--workdir", "-w", default="", help="working directory inside the container")
-    ex.add_argument("--user", "-u", default="", metavar="USER[:GROUP]")
-    ex.add_argument("--explain", action="store_true", help="narrate every kernel action on stderr")
-    ex.add_argument("container")
-    ex.add_argument("args", nargs=argparse.REMAINDER, metavar="CMD")
 
-    sub.add_parser("images", help="list images")
-    _storage_commands(sub)
-
-    stats = sub.add_parser("stats", help="CPU, memory, network, disk and pids of running containers")
-    stats.add_argument("--no-stream", action="store_true", help="print one reading and exit")
-    stats.add_argument("containers", nargs="*", metavar="CONTAINER")
-
-    inspect = sub.add_parser("inspect", help="a container's configuration and state, as JSON")
-    inspect.add_argument("containers", nargs="+", metavar="CONTAINER")
-
-    reset = sub.add_parser("reset", help="remove every container and host object labtool made")
-    reset.add_argument("--all", action="store_true", help="remove the images too")
-
-    nb = sub.add_parser("notebooks", help="write learner copies of the notebooks")
-    nb.add_argument("--student", required=True, metavar="DIR",
-                    help="write copies with the solutions replaced by their TODO into DIR")
-    nb.add_argument("--source", default=None, metavar="DIR", help="notebooks to copy (default: the lab's)")
-    return p
+def _lifecycle_commands(sub):
+    """ps, logs, start, stop, kill, restart, pause, unpause, wait, rename, top, system boot."""
+    ps = sub.add_parser("ps", help="list containers")
+    ps.add_argument("--all", "-a", action="store_true", help="all of them, not only the running ones")
+    ps.add_argument("--quiet", "-q", action="store_true", help="only the ids")
+    ps.add_argument("--no-trunc", action="store_true", help="full ids and commands")
+    ps.add_argument("--filter", "-f", action="append", default=[], metavar="KEY=VALUE",
+                    help="name=..., status=created|running|paused|restarting|exited|dead, id=...")
+    logs = sub.add_parser("logs", help="what a container printed")
+    logs.add_argument("--follow", "-f", action="store_true", help="keep printing as it runs")
+    logs.add_argument("--tail", "-n", default="all", metavar="N", help="only the last N lines")
+    logs.add_argument("--timestamps", "-t", action="store_true", help="the time of each line")
+    logs.add_argument("container")
+    start = sub.add_parser("start", help="start stopped containers")
+    start.add_argument("--attach", "-a", action="store_true", help="print its output; exit with its code")
+    start.add_argument("--interactive", "-i", action="store_true", help="(accepted; stdin is not attached)")
+    start.add_argument("containers", nargs="+", metavar="CONTAINER")
+    for name, what in (("stop", "stop running containers (SIGTERM, then SIGKILL)"),
+                       ("restart", "stop, then start containers")):
+        p = sub.add_parser(name, help=what)
+        p.add_argument("--time", "-t", type=int, default=10, metavar="SECONDS",
+                       help="seconds to wait before SIGKILL (default 10)")
+        p.add_argument("containers", nargs="+", metavar="CONTAINER")
+    kill = sub.add_parser("kill", help="send a signal to containers (default SIGKILL)")
+    kill.add_argument("--signal", "-s", default="KILL", metavar="SIGNAL")
+    kill.add_argument("containers", nargs="+", metavar="CONTAINER")
+    for name, what in (("pause", "freeze every process of containers"), ("unpause", "thaw them")):
+        sub.add_parser(name, help=what).add_argument("containers", nargs="+", metavar="CONTAINER")
+    sub.add_parser("wait", help="wait for containers to stop; print their exit codes").add_argument(
+        "containers", nargs="+", metavar="CONTAINER")
+    rename = sub.add_parser("rename", help="rename a container")
+    rename.add_argument("container")
+    rename.add_argument("new_name")
+    sub.add_parser("top", help="the processes of a container").add_argument("container")
+    system = sub.add_parser("system", help="system boot: start containers whose restart policy says so")
+    system.add_argument("action", choices=["boot"])
 
 
 def _storage_flags(run):
@@ -145,21 +201,218 @@ def _env(flags):
     return [e if "=" in e else f"{e}={os.environ.get(e, '')}" for e in flags]
 
 
-def cmd_run(a):
-    from labtool import mounts, runtime
+def _spec(a):
+    """The ContainerSpec that the flags of ``run`` / ``create`` describe."""
+    import shlex
+
+    from labtool import mounts
     from labtool.spec import ContainerSpec, Namespaces, Process
 
-    _needs_root("labtool run")
     process = Process(args=a.args, cwd=a.workdir, user=a.user)
-    process.env += _env(a.env)
+    process.env += _env_files(a.env_file) + _env(a.env)
     spec = ContainerSpec(image=a.image, process=process, name=a.name, hostname=a.hostname,
                          upto=a.upto, explain=a.explain, remove=a.rm, init=a.init,
                          namespaces=Namespaces(pid=a.pid, ipc=a.ipc, uts=a.uts,
                                                user="private" if a.userns else "host"),
-                         resources=_resources(a))
+                         resources=_resources(a), tty=a.tty, interactive=a.interactive, restart=a.restart)
+    if a.entrypoint is not None:
+        spec.entrypoint = shlex.split(a.entrypoint)
     spec.mounts = [mounts.parse_volume(v) for v in a.volume] + [mounts.parse_tmpfs(t) for t in a.tmpfs]
     spec.read_only, spec.volumes_from = a.read_only, a.volumes_from
-    return runtime.run(spec)
+    return spec
+
+
+def _env_files(files):
+    """--env-file: KEY=VALUE per line; # comments and blank lines skipped; KEY alone: ours."""
+    found = []
+    for name in files:
+        try:
+            with open(name) as f:
+                lines = f.read().splitlines()
+        except OSError as e:
+            raise UsageError(f"--env-file {name}: {e.strerror.lower()}") from None
+        found += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    return _env(found)
+
+
+def cmd_run(a):
+    from labtool import runtime
+    from labtool.engine import lifecycle, supervisor
+
+    _needs_root("labtool run")
+    spec = _spec(a)
+    if not a.detach:
+        return runtime.run(spec)
+    if spec.remove and spec.restart != "no":
+        raise UsageError("Conflicting options: --restart and --rm")
+    c = lifecycle.create(spec)
+    try:
+        supervisor.spawn(c.id)
+    except LabtoolError:
+        if spec.remove:
+            runtime.remove(c.dir, volumes=True)
+        raise
+    print(c.id)
+    return 0
+
+
+def cmd_create(a):
+    from labtool.engine import lifecycle
+
+    _needs_root("labtool create")
+    print(lifecycle.create(_spec(a)).id)
+    return 0
+
+
+def _each(names, action):
+    """Do ``action`` for each container like docker: go on after a failure, report each one."""
+    failed = 0
+    for name in names:
+        try:
+            action(name)
+            print(name)
+        except LabtoolError as e:
+            print(f"labtool: {e}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
+def cmd_start(a):
+    from labtool.engine import containers, lifecycle, logs
+
+    _needs_root("labtool start")
+    if not a.attach:
+        return _each(a.containers, lifecycle.start)
+    if len(a.containers) != 1:
+        raise UsageError("you cannot start and attach multiple containers at once")
+    record = lifecycle.start(a.containers[0])
+    return _follow(record, logs, containers, since_start=True)
+
+
+def _follow(record, logs, containers, since_start=False, tail=None, timestamps=False):
+    """Copy a container's log to our stdout/stderr as it grows, until it stops; its exit code."""
+    from labtool import paths
+
+    directory = paths.container_dir(record.id)
+    skip = len(logs.read(directory)) if since_start else 0
+    if since_start:
+        tail = 0
+    still = lambda: containers.load(record.id).status in ("running", "paused", "restarting", "created")  # noqa: E731
+    for entry in logs.follow(directory, tail=tail, still_running=still):
+        if skip:
+            skip -= 1
+        _print_entry(entry, timestamps)
+    return containers.load(record.id).state.get("ExitCode", 0)
+
+
+def _print_entry(entry, timestamps):
+    stream = sys.stdout if entry.get("stream") == "stdout" else sys.stderr
+    stream.write((entry["time"] + " " if timestamps else "") + entry["log"])
+    stream.flush()
+
+
+def cmd_logs(a):
+    from labtool import paths
+    from labtool.engine import containers, logs
+
+    record = containers.find(a.container)
+    tail = None if a.tail == "all" else _count(a.tail, "--tail")
+    if a.follow:
+        _follow(record, logs, containers, tail=tail, timestamps=a.timestamps)
+        return 0
+    for entry in logs.read(paths.container_dir(record.id), tail):
+        _print_entry(entry, a.timestamps)
+    return 0
+
+
+def _count(text, flag):
+    if not text.isdigit():
+        raise UsageError(f"invalid {flag} '{text}': a number or 'all'")
+    return int(text)
+
+
+def cmd_stop(a):
+    from labtool.engine import lifecycle
+
+    _needs_root("labtool stop")
+    return _each(a.containers, lambda n: lifecycle.stop(n, a.time))
+
+
+def cmd_restart(a):
+    from labtool.engine import lifecycle
+
+    _needs_root("labtool restart")
+    return _each(a.containers, lambda n: lifecycle.restart(n, a.time))
+
+
+def cmd_kill(a):
+    import signal
+
+    from labtool.engine import lifecycle
+
+    _needs_root("labtool kill")
+    name = a.signal.upper()
+    name = name if name.startswith("SIG") or name.isdigit() else "SIG" + name
+    try:
+        sig = signal.Signals(int(name)) if name.isdigit() else signal.Signals[name]
+    except (KeyError, ValueError):
+        raise UsageError(f"invalid signal: {a.signal}") from None
+    return _each(a.containers, lambda n: lifecycle.kill(n, sig))
+
+
+def cmd_pause(a):
+    from labtool.engine import lifecycle
+
+    _needs_root(f"labtool {a.command}")
+    return _each(a.containers, lifecycle.pause if a.command == "pause" else lifecycle.unpause)
+
+
+def cmd_wait(a):
+    from labtool.engine import lifecycle
+
+    for name in a.containers:
+        print(lifecycle.wait(name), flush=True)
+    return 0
+
+
+def cmd_rename(a):
+    from labtool.engine import lifecycle
+
+    lifecycle.rename(a.container, a.new_name)
+    return 0
+
+
+def cmd_top(a):
+    from labtool.engine import lifecycle
+
+    print(lifecycle.top(a.container), end="")
+    return 0
+
+
+def cmd_ps(a):
+    from labtool.engine import ps
+
+    filters = []
+    for f in a.filter:
+        key, sep, value = f.partition("=")
+        if not sep or key not in ("name", "status", "id"):
+            raise UsageError(f"invalid filter '{f}': use name=..., status=... or id=...")
+        filters.append((key, value))
+    found = ps.rows(all_=a.all, filters=filters, full=a.no_trunc)
+    if a.quiet:
+        print("\n".join(row[0] for row in found))
+    else:
+        print(ps.table(found))
+    return 0
+
+
+def cmd_system(a):
+    from labtool.engine import lifecycle
+
+    _needs_root("labtool system boot")
+    for name in lifecycle.boot():
+        print(f"started {name}")
+    return 0
 
 
 def _resources(a):
@@ -247,18 +500,10 @@ def cmd_inspect(a):
 
 
 def cmd_rm(a):
-    from labtool.engine import containers
+    from labtool.engine import lifecycle
 
     _needs_root("labtool rm")
-    failed = 0
-    for name in a.containers:       # like docker: go on with the others, report each failure
-        try:
-            containers.remove(name, force=a.force, volumes=a.volumes)
-            print(name)
-        except LabtoolError as e:
-            print(f"labtool: {e}", file=sys.stderr)
-            failed += 1
-    return 125 if failed else 0
+    return _each(a.containers, lambda n: lifecycle.remove(n, force=a.force, volumes=a.volumes))
 
 
 def cmd_diff(a):
@@ -344,6 +589,9 @@ def cmd_notebooks(a):
 
 
 COMMANDS = {"run": cmd_run, "exec": cmd_exec, "images": cmd_images, "reset": cmd_reset, "notebooks": cmd_notebooks}
+COMMANDS.update({"create": cmd_create, "start": cmd_start, "stop": cmd_stop, "restart": cmd_restart,  # 00
+                 "kill": cmd_kill, "pause": cmd_pause, "unpause": cmd_pause, "wait": cmd_wait,
+                 "rename": cmd_rename, "top": cmd_top, "ps": cmd_ps, "logs": cmd_logs, "system": cmd_system})
 COMMANDS.update({"stats": cmd_stats, "inspect": cmd_inspect})                      # step 03
 COMMANDS.update({"rm": cmd_rm, "diff": cmd_diff, "commit": cmd_commit, "info": cmd_info,   # step 04
                  "volume": cmd_volume})

@@ -30,6 +30,9 @@ def run_as_init(start_command):
             signal.signal(sig, signal.SIG_DFL)
         start_command()                      # never returns
 
+    # Keep no file of the container's start open (the pipe on which a failed exec is
+    # reported closes by itself when the command's exec succeeds: only if we hold no copy)
+    os.closerange(3, 65536)
     process.forward_signals(child, FORWARDED)
     while True:
         try:

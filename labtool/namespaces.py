@@ -225,7 +225,7 @@ def _become_pid_1(report_fd):
         syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
         return
     os.write(report_fd, str(pid).encode())
-    os.close(report_fd)
+    os.closerange(3, 65536)     # report_fd, and our copy of the exec-error pipe (see init.py)
     process.forward_signals(pid)
     while True:
         try:

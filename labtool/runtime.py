@@ -28,6 +28,7 @@ from labtool.cgroups import devices
 from labtool.engine import containers
 from labtool.errors import CommandNotExecutable, CommandNotFound, LabtoolError, UsageError
 from labtool.spec import ContainerSpec
+from labtool.spec import from_dict as spec_from_dict
 
 
 @dataclass
@@ -77,16 +78,28 @@ class Container:
     devices: list = field(default_factory=list)      # --device, parsed: cgroups.devices.Device
     cgroup: object = None             # step 03: a cgroups.v1.Cgroup or cgroups.v2.Cgroup
     oom_killed: bool = False          # step 03: the kernel's OOM killer ended a process
+    stdio: tuple = (0, 1, 2)          # what the command gets as stdin, stdout, stderr
+    prepared: list = field(default_factory=list)     # steps whose host work is done (to undo)
+    errors_r: int = -1                # the child reports here why its command did not start
+    exec_error: str = ""              # what it reported ("" once the exec worked)
 
 
 def new_container(spec):
     """Check the spec, make the container's directory and record its config."""
-    steps = active_steps(spec.upto)
-    names = [s.name for s in steps]
     if spec.name:
         containers.check_name_free(spec.name)
-    image = images.find_or_make(spec.image)
     spec.id = spec.id or os.urandom(32).hex()
+    c = build(spec)
+    os.makedirs(c.dir)
+    _write_json(c, "config.json", asdict(spec))
+    return c
+
+
+def build(spec):
+    """Check a spec and plan its container, without making anything on the host yet."""
+    steps = active_steps(spec.upto)
+    names = [s.name for s in steps]
+    image = images.find_or_make(spec.image)
     c = Container(spec=spec, image=image, id=spec.id, dir=paths.container_dir(spec.id),
                   rootfs=os.path.join(paths.container_dir(spec.id), "rootfs"), steps=steps)
     if "namespaces" in names:
@@ -113,9 +126,13 @@ def new_container(spec):
         raise UsageError("volumes, bind mounts, --tmpfs and --read-only come with step 04: "
                          "use --upto overlay or later")
     mounts.check_spec(spec)
-    os.makedirs(c.dir)
-    _write_json(c, "config.json", asdict(spec))
     return c
+
+
+def load(container_id):
+    """The Container of an existing container directory (``labtool start``)."""
+    with open(os.path.join(paths.container_dir(container_id), "config.json")) as f:
+        return build(spec_from_dict(json.load(f)))
 
 
 def _donor_pid(name, kind):
@@ -148,7 +165,12 @@ def _write_json(c, name, data):
 
 
 def command_of(spec, image):
-    """What to run: the command given, else the image's CMD; after the ENTRYPOINT if any."""
+    """What to run: the command given, else the image's CMD; after the ENTRYPOINT if any.
+
+    ``--entrypoint`` replaces the image's ENTRYPOINT and, as in Docker, drops its CMD too.
+    """
+    if spec.entrypoint is not None:
+        return list(spec.entrypoint) + list(spec.process.args)
     return list(image.entrypoint) + (list(spec.process.args) or list(image.cmd))
 
 
@@ -162,32 +184,70 @@ def environment(image, spec_env, hostname=""):
 
 
 def run(spec):
-    """Create, start and wait for a container; return its exit code (like ``docker run``)."""
-    explain.enabled = spec.explain
-    c = new_container(spec)
-    prepared = []
-    started = time.time()
-    code = None
+    """Create, start and wait for a container; return its exit code (like ``docker run``).
+
+    The caller's stdin/stdout/stderr are attached; the output is also logged (see
+    ``engine.supervisor``, which also applies the restart policy).
+    """
+    from labtool.engine import supervisor
+
+    return supervisor.run_attached(spec)
+
+
+def start(c, stdio=(0, 1, 2)):
+    """Prepare every step on the host and start the container's first process.
+
+    ``stdio``: the three file descriptors the command gets as 0, 1 and 2. Returns the
+    pid to wait for. If anything fails on the way, undo what was prepared and raise.
+    """
+    explain.enabled = c.spec.explain
+    c.stdio = stdio
+    c.prepared = []
+    c.oom_killed = False
     try:
         for step in c.steps:
             if hasattr(step.module, "prepare"):
                 step.module.prepare(c)
-            prepared.append(step)
-        code = _start_and_wait(c)
+            c.prepared.append(step)
+        return _fork_and_release(c)
+    except BaseException:
+        _teardown(c)
+        raise
+
+
+def finish(c, status):
+    """After the first process is gone (``status`` from waitpid): undo the steps' host
+    work and return the exit code, or raise the error that kept the command from starting."""
+    try:
+        if c.errors_r >= 0:
+            wait_for_exec(c)
+        return _outcome(status, c.exec_error)
     finally:
-        for step in reversed(prepared):
-            if hasattr(step.module, "teardown"):
-                step.module.teardown(c)
-        if spec.remove or code is None:       # --rm, or it never ran: leave nothing behind
-            remove(c.dir, volumes=True)
-        elif os.path.isdir(c.dir):            # (unless ``labtool rm -f`` took it away)
-            _write_json(c, "state.json", {"Status": "exited", "ExitCode": code, "OOMKilled": c.oom_killed,
-                                          "StartedAt": started, "FinishedAt": time.time()})
-    return code
+        _teardown(c)
 
 
-def _start_and_wait(c):
-    """Fork the child, do the host-side work it waits for, let it go, wait for it."""
+def wait_for_exec(c):
+    """Block until the container's command is exec'd, or has failed to be; return the
+    child's report of what went wrong ("" when the exec worked). The error pipe is
+    close-on-exec: it reaches end-of-file the moment the exec succeeds."""
+    data = b""
+    while chunk := os.read(c.errors_r, 4096):
+        data += chunk
+    os.close(c.errors_r)
+    c.errors_r = -1
+    c.exec_error = data.decode()
+    return c.exec_error
+
+
+def _teardown(c):
+    for step in reversed(c.prepared):
+        if hasattr(step.module, "teardown"):
+            step.module.teardown(c)
+    c.prepared = []
+
+
+def _fork_and_release(c):
+    """Fork the child, do the host-side work it waits for, let it go; return its pid."""
     argv = command_of(c.spec, c.image)
     if not argv:
         raise UsageError("no command given and the image has no CMD")
@@ -202,7 +262,7 @@ def _start_and_wait(c):
         _child(c, argv, env, errors_w, ready_w, go_r)       # never returns
     for fd in (errors_w, ready_w, go_r):
         os.close(fd)
-    c.pid = pid
+    c.pid, c.errors_r = pid, errors_r
     process.forward_signals(pid)   # like docker's sig-proxy
     try:
         if os.read(ready_r, 1):                 # empty: the child died before it was ready
@@ -212,19 +272,21 @@ def _start_and_wait(c):
             os.write(go_w, b"g")
             # The child may report that PID 1 is a process of its own (see namespaces.settle)
             pid_1 = int(os.read(ready_r, 32) or pid)
-            _write_json(c, "state.json", {"Status": "running", "Pid": pid_1, "StartedAt": time.time(),
-                                          "PidStartTime": containers.pid_start_time(pid_1)})
+            containers.update_state(c.id, Status="running", Pid=pid_1, StartedAt=time.time(),
+                                    PidStartTime=containers.pid_start_time(pid_1), ExitCode=0,
+                                    OOMKilled=False, Error="")
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
     finally:
         os.close(go_w)                          # on failure: the child reads EOF and gives up
         os.close(ready_r)
-        _, status = os.waitpid(pid, 0)
-    return _outcome(status, errors_r)
+    return pid
 
 
-def _outcome(status, errors_r):
+def _outcome(status, problem):
     """The command's exit code; or, if it never started, the error its child reported."""
-    problem = os.read(errors_r, 4096).decode()
-    os.close(errors_r)
     if problem:
         code, _, message = problem.partition(" ")
         raise {"126": CommandNotExecutable, "127": CommandNotFound}.get(code, LabtoolError)(message)
@@ -235,6 +297,7 @@ def _child(c, argv, env, errors_w, ready_w, go_r):
     """In the child: wait for the parent, do every step's in-child work, exec the command."""
     try:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+        _take_stdio(c)
         os.write(ready_w, b"r")
         if os.read(go_r, 1) != b"g":
             os._exit(125)                       # the parent failed; it reports why
@@ -251,6 +314,20 @@ def _child(c, argv, env, errors_w, ready_w, go_r):
         start()
     except BaseException as e:  # anything: report it, never run the parent's code
         _report(errors_w, e, argv)
+
+
+def _take_stdio(c):
+    """The command's stdin, stdout and stderr: what the supervisor handed over (pipes it
+    logs, or a pseudo-terminal with -t, which becomes the controlling terminal)."""
+    for target, fd in enumerate(c.stdio):
+        if fd != target:
+            os.dup2(fd, target)
+    if c.spec.tty:
+        import fcntl
+        import termios
+
+        os.setsid()                                  # a new session, led by the command...
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)         # ...with the pseudo-terminal as its terminal
 
 
 def exec_command(argv, env, cwd, user, errors_w):
@@ -326,7 +403,9 @@ def exec_in(name, argv, env=(), cwd="", user="", explain_it=False):
     os.close(errors_w)
     process.forward_signals(pid)   # like docker's sig-proxy
     _, status = os.waitpid(pid, 0)
-    return _outcome(status, errors_r)
+    problem = os.read(errors_r, 4096).decode()
+    os.close(errors_r)
+    return _outcome(status, problem)
 
 
 def remove(container_dir, volumes=False):

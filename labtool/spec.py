@@ -87,3 +87,18 @@ class ContainerSpec:
     namespaces: Namespaces = field(default_factory=Namespaces)
     init: bool = False               # --init: a tiny init as PID 1 runs the command
     resources: Resources = field(default_factory=Resources)
+    # the lifecycle (notebook 00): Docker's Config.Entrypoint, .Tty, .OpenStdin, HostConfig.RestartPolicy
+    entrypoint: list = None          # --entrypoint: replaces the image's; None keeps it, [] clears it
+    tty: bool = False                # -t: a pseudo-terminal for the command
+    interactive: bool = False        # -i: keep stdin open (the caller's, when attached)
+    restart: str = "no"              # --restart no | on-failure[:N] | always | unless-stopped
+
+
+def from_dict(d):
+    """A ContainerSpec back from its JSON form (``config.json`` is ``asdict(spec)``)."""
+    d = dict(d)
+    d["process"] = Process(**d["process"])
+    d["namespaces"] = Namespaces(**d.get("namespaces", {}))
+    d["resources"] = Resources(**d.get("resources", {}))
+    d["mounts"] = [Mount(**m) for m in d.get("mounts", [])]
+    return ContainerSpec(**d)

@@ -23,6 +23,22 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def pytest_configure(config):
     if os.geteuid() != 0:
         pytest.exit("labtool's tests need root (namespaces, mounts, cgroups): run them with sudo", returncode=1)
+    # A labtool root of the run's own, set before anything starts: nbval starts each notebook's
+    # kernel while collecting, before any fixture runs, and the kernel inherits this environment.
+    # Like /var/lib/labtool, others may pass through, so --userns (uid 100000) can reach it.
+    root = tempfile.mkdtemp(prefix="labtool-test-")
+    os.chmod(root, 0o711)
+    config.labtool_saved_env = {k: os.environ.get(k) for k in ("LABTOOL_ROOT", "PYTHONPATH")}
+    os.environ["LABTOOL_ROOT"] = root
+    os.environ["PYTHONPATH"] = REPO + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
+
+
+def pytest_unconfigure(config):
+    for key, value in getattr(config, "labtool_saved_env", {}).items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 # --- host state -----------------------------------------------------------------------
@@ -48,8 +64,19 @@ def _another_runs(pid):
             return False
         if b"LABTOOL_ROOT" in env:
             return not _is_ours(env[b"LABTOOL_ROOT"].decode())
+        if _runs_labtool(pid):
+            return True                   # a labtool on the default root: never this run's
         pid = parent
     return False
+
+
+def _runs_labtool(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().decode(errors="replace").split("\0")
+    except OSError:
+        return False
+    return "labtool" in argv or any(a.endswith("/labtool") for a in argv[:2])
 
 
 def _mounts():
@@ -140,13 +167,8 @@ def host_state_diff(before, after):
 @pytest.fixture(scope="session", autouse=True)
 def labtool_root(tmp_path_factory):
     """A labtool root of the test run's own, and the guard that the host is left clean."""
-    # like /var/lib/labtool: others may pass through, so --userns (uid 100000) can reach it
-    root = tempfile.mkdtemp(prefix="labtool-test-")
-    os.chmod(root, 0o711)
+    root = os.environ["LABTOOL_ROOT"]             # made in pytest_configure
     OURS[:] = [root, str(tmp_path_factory.getbasetemp())]
-    old = os.environ.get("LABTOOL_ROOT")
-    os.environ["LABTOOL_ROOT"] = root
-    os.environ["PYTHONPATH"] = REPO + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
     before = host_state()
     made = labtool("run", "--rm", "busybox", "true")   # the base image, made once for the run
     assert made.returncode == 0, made.stderr
@@ -154,10 +176,6 @@ def labtool_root(tmp_path_factory):
     problems = host_state_diff(before, host_state())
     if problems:   # fail, but first take it down the way a user would
         problems.append("labtool reset said: " + labtool("reset").stdout.strip().replace("\n", "; "))
-    if old is None:
-        os.environ.pop("LABTOOL_ROOT")
-    else:
-        os.environ["LABTOOL_ROOT"] = old
     if not problems:
         shutil.rmtree(root)
     assert not problems, "the tests left things on the host:\n" + "\n".join(problems)

@@ -25,7 +25,7 @@ def test_env_and_workdir(run):
 
 
 def test_image_cmd_is_the_default_command(run):
-    p = run("run", "--rm", "busybox", input="echo from-sh\n")
+    p = run("run", "--rm", "-i", "busybox", input="echo from-sh\n")
     assert p.stdout == "from-sh\n"
 
 
@@ -79,11 +79,15 @@ def test_rm_leaves_nothing_and_without_rm_the_state_stays(run, labtool_root):
         assert json.load(f)["ExitCode"] == 4
 
 
-def test_a_failed_start_leaves_no_container(run, labtool_root):
+def test_a_failed_start_leaves_a_created_container_or_nothing_with_rm(run, labtool_root, names):
     containers = os.path.join(labtool_root, "lib", "containers")
     before = set(os.listdir(containers)) if os.path.isdir(containers) else set()
-    assert run("run", "busybox", "nosuch").returncode == 127
+    assert run("run", "--rm", "busybox", "nosuch").returncode == 127
     assert set(os.listdir(containers)) == before
+    name = names("nosuch")
+    assert run("run", "--name", name, "busybox", "nosuch").returncode == 127     # as docker: it stays,
+    state = json.loads(run("inspect", name).stdout)[0]["State"]                   # "Created", code 127
+    assert (state["Status"], state["ExitCode"]) == ("created", 127)
 
 
 def test_without_root_one_clear_line():

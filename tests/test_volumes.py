@@ -201,12 +201,13 @@ def test_bad_mount_flags_are_one_line_125_and_nothing_is_made(run, flags, labtoo
     assert not os.path.exists("/a-labtool-test")
 
 
-def test_a_failed_start_removes_its_container_and_anonymous_volumes(run, host_dir, labtool_root):
+def test_a_failed_start_with_rm_removes_its_container_and_anonymous_volumes(run, host_dir, labtool_root):
+    # (without --rm the container stays, "Created", as in Docker: see test_cli)
     top = os.path.join(labtool_root, "lib", "containers")
     containers_before, volumes_before = set(os.listdir(top)), volume_names(run)
-    p = run("run", "-v", "/anon", "-v", f"{host_dir}:/d", "busybox", "nosuch")
+    p = run("run", "--rm", "-v", "/anon", "-v", f"{host_dir}:/d", "busybox", "nosuch")
     assert p.returncode == 127
-    p = run("run", "-v", "/anon", "-v", f"{host_dir}/f.txt:/bin", "busybox", "true")   # a file onto a directory
+    p = run("run", "--rm", "-v", "/anon", "-v", f"{host_dir}/f.txt:/bin", "busybox", "true")   # file onto dir
     assert p.returncode == 125 and p.stderr == "labtool: cannot mount a file onto the directory /bin\n"
     assert set(os.listdir(top)) == containers_before
     assert volume_names(run) == volumes_before

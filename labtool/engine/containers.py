@@ -1,18 +1,29 @@
 """The container store: one directory per container under ``containers/``, plain JSON.
 
-    containers/<id>/config.json   the ContainerSpec it was made from
-    containers/<id>/state.json    {"Status": "running", "Pid": 1234, "ExitCode": ...}
-    containers/<id>/mounts.json   what was mounted where (``docker inspect``'s "Mounts")
+    containers/<id>/config.json         the ContainerSpec it was made from
+    containers/<id>/state.json          {"Status": "running", "Pid": 1234, "ExitCode": ...}
+    containers/<id>/mounts.json         what was mounted where (``docker inspect``'s "Mounts")
+    containers/<id>/<id>-json.log       what it printed (``engine/logs.py``)
 
-A container is found by its full id, a unique prefix of it, or its name.
+A container is found by its full id, a unique prefix of it, or its name. Several
+``labtool`` commands may change one container at once (``stop`` while its supervisor
+records an exit): every change of state.json holds the container's lock (flock(2) on a
+file under /run/labtool/locks), and is written to a new file renamed over the old one,
+so that a reader never sees half a file.
 """
 
+import contextlib
+import fcntl
 import json
 import os
+import time
 from dataclasses import dataclass, field
 
 from labtool import paths
 from labtool.errors import ContainerNotFound, LabtoolError
+
+# Docker's states (``docker ps -f status=...``)
+STATES = ("created", "restarting", "running", "removing", "paused", "exited", "dead")
 
 
 @dataclass
@@ -29,16 +40,44 @@ class Record:
     @property
     def running_pid(self):
         """The pid of the container's first process if it is still running, else 0."""
-        pid = self.state.get("Pid") or 0
-        if self.state.get("Status") != "running" or pid <= 0:
+        if self.state.get("Status") not in ("running", "paused"):
             return 0
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                start_time = int(f.read().rsplit(")", 1)[1].split()[19])
-        except (OSError, IndexError, ValueError):
-            return 0
-        # the same pid number could be a new process by now: compare its start time
-        return pid if start_time == self.state.get("PidStartTime", start_time) else 0
+        return _alive(self.state.get("Pid"), self.state.get("PidStartTime"))
+
+    @property
+    def supervisor_pid(self):
+        """The pid of the process that watches over the container, if it is alive, else 0."""
+        return _alive(self.state.get("SupervisorPid"), self.state.get("SupervisorStartTime"))
+
+    @property
+    def status(self):
+        """created, running, paused, restarting, exited, removing or dead.
+
+        "dead" is Docker's word for a container whose record says it runs, while nothing
+        runs: its supervisor was killed (kill -9), or the machine rebooted.
+        """
+        status = self.state.get("Status", "created")
+        if status in ("running", "paused") and not self.running_pid:
+            return "dead"
+        if status == "restarting" and not self.supervisor_pid:
+            return "dead"
+        return status
+
+
+def _alive(pid, start_time):
+    """``pid`` if that process still exists *and* is the same one (a pid number is reused
+    by a new process some time after the old one is gone: the start time tells them apart)."""
+    if not pid or pid <= 0:
+        return 0
+    try:
+        return pid if pid_start_time(pid) == (start_time or pid_start_time(pid)) else 0
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def pid_start_time(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[19])
 
 
 def read_json(path):
@@ -49,16 +88,54 @@ def read_json(path):
         return {}
 
 
+def write_json(path, data):
+    """Write to a new file, then rename it over the old one: readers see old or new, never half."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def lock(name):
+    """Hold the lock ``name`` (a container id, or "names") against other labtool processes."""
+    directory = os.path.join(paths.run_dir(), "locks")
+    os.makedirs(directory, exist_ok=True)
+    fd = os.open(os.path.join(directory, name), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def state_path(container_id):
+    return os.path.join(paths.container_dir(container_id), "state.json")
+
+
+def update_state(container_id, **changes):
+    """Change some fields of a container's state.json (under its lock); return the new state.
+    A container directory that is gone (removed meanwhile) is left alone."""
+    with lock(container_id):
+        if not os.path.isdir(paths.container_dir(container_id)):
+            return {}
+        state = read_json(state_path(container_id))
+        state.update(changes)
+        write_json(state_path(container_id), state)
+        return state
+
+
+def load(container_id):
+    here = paths.container_dir(container_id)
+    return Record(container_id, read_json(f"{here}/config.json"), read_json(f"{here}/state.json"),
+                  read_json(f"{here}/mounts.json") or [])
+
+
 def all_records():
     top = paths.containers_dir()
     if not os.path.isdir(top):
         return []
-    records = []
-    for cid in sorted(os.listdir(top)):
-        here = os.path.join(top, cid)
-        records.append(Record(cid, read_json(f"{here}/config.json"), read_json(f"{here}/state.json"),
-                              read_json(f"{here}/mounts.json") or []))
-    return records
+    return [load(cid) for cid in sorted(os.listdir(top)) if os.path.isdir(os.path.join(top, cid))]
 
 
 def find(name_or_id):
@@ -67,7 +144,7 @@ def find(name_or_id):
     for r in records:
         if r.name == name_or_id or r.id == name_or_id:
             return r
-    matches = [r for r in records if len(name_or_id) >= 1 and r.id.startswith(name_or_id)]
+    matches = [r for r in records if name_or_id and r.id.startswith(name_or_id)]
     if len(matches) == 1:
         return matches[0]
     if len(matches) > 1:
@@ -88,12 +165,21 @@ def check_name_free(name):
     for r in all_records():
         if r.name == name:
             raise LabtoolError(f'Conflict. The container name "/{name}" is already in use by container '
-                               f'"{r.id}". Remove it or give this one another name.')
+                               f'"{r.id}". You have to remove (or rename) that container to be able to '
+                               f'reuse that name.')
 
 
-def pid_start_time(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[19])
+def wait_for(container_id, condition, timeout):
+    """Poll the container's record until ``condition(record)`` holds; return the record
+    (or the last one seen after ``timeout`` seconds); None once the container is gone."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if not os.path.isdir(paths.container_dir(container_id)):
+            return None
+        record = load(container_id)
+        if condition(record) or time.monotonic() > deadline:
+            return record
+        time.sleep(0.01)
 
 
 def _timestamp(seconds):
@@ -156,29 +242,3 @@ def _graph_driver(container_id):
     data = {key: (":".join(reversed(value)) if key == "LowerDir" else value)   # top layer first
             for key, value in storage.items() if key.endswith("Dir")}
     return {"Name": storage.get("Driver", ""), "Data": data}
-
-
-def remove(name_or_id, force=False, volumes=False):
-    """``labtool rm``: delete a container that has exited; ``force`` kills a running one
-    first (SIGKILL, as ``docker rm -f``); ``volumes`` removes its anonymous volumes too."""
-    import signal
-    import time
-
-    from labtool import runtime
-
-    record = find(name_or_id)
-    pid = record.running_pid
-    if pid and not force:
-        raise LabtoolError(f"You cannot remove a running container {record.id}. Stop the container "
-                           f"before attempting removal or force remove (rm -f)")
-    if pid:
-        os.kill(pid, signal.SIGKILL)
-        container_dir = paths.container_dir(record.id)
-        state_file = os.path.join(container_dir, "state.json")
-        deadline = time.time() + 10
-        # wait for the labtool that runs it to unmount and say "exited" (or, --rm, to remove it)
-        while time.time() < deadline and os.path.isdir(container_dir):
-            if read_json(state_file).get("Status") != "running":
-                break
-            time.sleep(0.02)
-    runtime.remove(paths.container_dir(record.id), volumes=volumes)

@@ -1,0 +1,333 @@
+"""The supervisor: the process that watches over one container (like conmon or containerd-shim).
+
+Docker's daemon does not wait for each container itself: a small process per container
+does. It holds the other end of the container's stdout and stderr and writes what comes
+out to the log; it waits for the container's first process and records its exit code;
+and it applies the restart policy. Because it is a process of its own, the ``docker``
+command that started the container can exit: the container goes on.
+
+labtool does the same. ``labtool run`` (attached) is itself the supervisor of its
+container, and also copies the output to your terminal; ``labtool run -d`` and
+``labtool start`` fork a supervisor that leaves your shell (``setsid``, a double fork)
+and live until the container is done for good.
+
+The restart policy (``--restart``), as Docker defines it:
+
+    no               never restart (the default)
+    on-failure[:N]   restart when the exit code is not 0 (at most N times)
+    always           restart whatever the exit code
+    unless-stopped   like always, but not after ``labtool stop`` (also not at boot)
+
+A container stopped by hand (``stop``, ``kill``, ``rm -f``) is never restarted. Between
+two restarts the supervisor waits, 100 ms doubling up to a minute, back to 100 ms
+after a run of 10 s or more: a container that crashes at once does not eat the machine.
+"""
+
+import os
+import selectors
+import signal
+import time
+
+from labtool import runtime
+from labtool.engine import containers, logs
+from labtool.errors import LabtoolError, UsageError
+
+FIRST_DELAY, MAX_DELAY, GOOD_RUN = 0.1, 60.0, 10.0
+
+
+def parse_policy(text):
+    """``on-failure:3`` -> ("on-failure", 3); the others have no count (0)."""
+    name, _, count = text.partition(":")
+    if name not in ("no", "on-failure", "always", "unless-stopped") or (count and name != "on-failure"):
+        raise UsageError(f"invalid restart policy '{text}': use no, on-failure[:N], always or unless-stopped")
+    if count and not (count.isdigit() and int(count) > 0):
+        raise UsageError(f"invalid restart policy '{text}': the maximum retry count must be a positive number")
+    return name, int(count or 0)
+
+
+def should_restart(policy, code, restart_count, state):
+    """Docker's rule: what the policy says, unless someone stopped or removes the container."""
+    name, limit = parse_policy(policy)
+    if state.get("StoppedByUser") or state.get("Status") == "removing":
+        return False
+    if name in ("always", "unless-stopped"):
+        return True
+    if name == "on-failure":
+        return code != 0 and (limit == 0 or restart_count < limit)
+    return False
+
+
+class Supervisor:
+    """Runs container ``c`` (a ``runtime.Container``), again and again if its policy says so.
+
+    ``attached``: copy its output to our stdout/stderr too, and give it our stdin with -i
+    (``labtool run`` without -d). ``report_fd``: where to say once that the first start
+    worked ("ok") or not ("err CODE MESSAGE"), for ``run -d`` and ``start``, which wait for it.
+    """
+
+    def __init__(self, c, attached=False, report_fd=None):
+        self.c = c
+        self.attached = attached
+        self.report_fd = report_fd
+        self.error = None
+        self.started = False
+
+    def run(self):
+        """Supervise until the container is done for good; return its last exit code."""
+        c = self.c
+        containers.update_state(c.id, SupervisorPid=os.getpid(),
+                                SupervisorStartTime=containers.pid_start_time(os.getpid()))
+        delay = FIRST_DELAY
+        while True:
+            began = time.monotonic()
+            code = self.run_once()
+            # a command that never started leaves the container "created", as in Docker
+            status = "exited" if self.started else "created"
+            state = containers.update_state(c.id, Status=status, ExitCode=code, FinishedAt=time.time(),
+                                            OOMKilled=c.oom_killed, Error=str(self.error or ""), Pid=0)
+            restarts = state.get("RestartCount", 0)
+            if not state or not should_restart(c.spec.restart, code, restarts, state):
+                break
+            if self.attached:            # the caller gets its exit code; restarts go on detached
+                if _detach() != 0:
+                    return code
+                self.attached = False
+                containers.update_state(c.id, SupervisorPid=os.getpid(),
+                                        SupervisorStartTime=containers.pid_start_time(os.getpid()))
+            delay = FIRST_DELAY if time.monotonic() - began >= GOOD_RUN else delay
+            containers.update_state(c.id, Status="restarting", RestartCount=restarts + 1)
+            if not self._sleep(delay):
+                break
+            delay = min(delay * 2, MAX_DELAY)
+        if c.spec.remove:
+            runtime.remove(c.dir, volumes=True)
+        return code
+
+    def _sleep(self, seconds):
+        """The back-off, cut short (False) if the container is stopped or removed meanwhile."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            state = containers.load(self.c.id).state
+            if not state or state.get("StoppedByUser") or state.get("Status") == "removing":
+                if state:
+                    containers.update_state(self.c.id, Status="exited")
+                return False
+            time.sleep(min(0.05, seconds))
+        return True
+
+    # --- one run of the container -------------------------------------------------------
+
+    def run_once(self):
+        """Start the container, copy its output until it ends, return its exit code."""
+        c = self.c
+        self.error = None
+        self.started = False
+        ours, theirs, stdin = self._stdio()
+        try:
+            pid = runtime.start(c, theirs)
+        except LabtoolError as e:
+            self._report(f"err {e.exit_code} {e}")
+            self.error = e
+            return e.exit_code
+        finally:
+            for fd in set(theirs) - {0, 1, 2}:
+                os.close(fd)
+        log = logs.Writer(c.dir)
+        if not runtime.wait_for_exec(c):        # "ok" only once the command really runs
+            self._report("ok")
+            self.started = True
+        try:
+            self._pump(pid, ours, stdin, log)
+        finally:
+            log.close()
+            for fd in ours:
+                os.close(fd)
+        _, status = os.waitpid(pid, 0)
+        try:
+            return runtime.finish(c, status)
+        except LabtoolError as e:
+            self._report(f"err {e.exit_code} {e}")
+            self.error = e
+            return e.exit_code
+
+    def _stdio(self):
+        """({our fd: stream name}, the container's (stdin, stdout, stderr), where our stdin goes)."""
+        c = self.c
+        if c.spec.tty:
+            master, slave = os.openpty()
+            if self.attached and os.isatty(0):
+                _copy_window_size(0, master)
+            stdin = master if (self.attached and c.spec.interactive) else None
+            return {master: "stdout"}, (slave, slave, slave), stdin
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        if self.attached and c.spec.interactive:
+            child_stdin = 0                                    # ours, as it is
+        else:
+            child_stdin = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        return {out_r: "stdout", err_r: "stderr"}, (child_stdin, out_w, err_w), None
+
+    def _pump(self, pid, ours, stdin, log):
+        """Copy the container's output to the log (and our terminal) until it exits."""
+        sel = selectors.DefaultSelector()
+        for fd, stream in ours.items():
+            sel.register(fd, selectors.EVENT_READ, stream)
+        pidfd = os.pidfd_open(pid)
+        sel.register(pidfd, selectors.EVENT_READ, "exit")
+        raw = _RawTerminal() if (self.attached and self.c.spec.tty and os.isatty(0)) else None
+        if stdin is not None:
+            sel.register(0, selectors.EVENT_READ, "stdin")
+        try:
+            open_fds = set(ours)
+            while open_fds:
+                for key, _ in sel.select():
+                    if key.data == "exit":
+                        sel.unregister(pidfd)
+                        for fd in list(open_fds):       # what is still in the pipes, then stop
+                            self._drain(fd, ours[fd], log)
+                        open_fds.clear()
+                    elif key.data == "stdin":
+                        data = _read(0)
+                        if data:
+                            os.write(stdin, data)
+                        else:
+                            sel.unregister(0)
+                    elif key.fd in open_fds:
+                        data = _read(key.fd)
+                        if data:
+                            self._emit(key.data, data, log)
+                        else:
+                            sel.unregister(key.fd)
+                            open_fds.discard(key.fd)
+        finally:
+            if raw:
+                raw.restore()
+            os.close(pidfd)
+            sel.close()
+
+    def _drain(self, fd, stream, log):
+        os.set_blocking(fd, False)
+        while True:
+            try:
+                data = os.read(fd, 65536)
+            except (BlockingIOError, OSError):    # nothing more (EAGAIN), or a pty's EIO
+                return
+            if not data:
+                return
+            self._emit(stream, data, log)
+
+    def _emit(self, stream, data, log):
+        log.write(stream, data)
+        if self.attached:
+            _write_all(1 if stream == "stdout" else 2, data)
+
+    def _report(self, message):
+        if self.report_fd is not None:
+            os.write(self.report_fd, message.encode())
+            os.close(self.report_fd)
+            self.report_fd = None
+
+
+def _read(fd):
+    try:
+        return os.read(fd, 65536)
+    except OSError:              # a pty master reads EIO once the last slave is closed
+        return b""
+
+
+def _write_all(fd, data):
+    while data:
+        try:
+            data = data[os.write(fd, data):]
+        except BrokenPipeError:
+            return
+
+
+def _copy_window_size(source, target):
+    import fcntl
+    import termios
+
+    size = fcntl.ioctl(source, termios.TIOCGWINSZ, b"\0" * 8)
+    fcntl.ioctl(target, termios.TIOCSWINSZ, size)
+
+
+class _RawTerminal:
+    """Our terminal in raw mode while attached to a container's pseudo-terminal: every key,
+    Ctrl-C and Ctrl-D included, goes to the container, whose own terminal interprets it."""
+
+    def __init__(self):
+        import termios
+        import tty
+
+        self.saved = termios.tcgetattr(0)
+        tty.setraw(0)
+
+    def restore(self):
+        import termios
+
+        termios.tcsetattr(0, termios.TCSADRAIN, self.saved)
+
+
+def _detach():
+    """Go on in the background (fork twice, new session, stdio on /dev/null).
+    Returns 0 in the process that goes on, the child's pid in the caller."""
+    pid = os.fork()
+    if pid:
+        os.waitpid(pid, 0)
+        return pid
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    null = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    return 0
+
+
+# --- the entry points ------------------------------------------------------------------
+
+def run_attached(spec):
+    """``labtool run`` without -d: create the container and supervise it from here."""
+    from labtool.engine import lifecycle
+
+    c = lifecycle.create(spec)
+    supervisor = Supervisor(c, attached=True)
+    code = supervisor.run()
+    if supervisor.error is not None and code in (125, 126, 127):
+        raise supervisor.error            # "exec: ...: not found" and friends, as one line
+    return code
+
+
+def spawn(container_id):
+    """Start a supervisor for an existing container in the background (``start``, ``run -d``);
+    return once the container runs, or raise why it could not start."""
+    report_r, report_w = os.pipe2(os.O_CLOEXEC)
+    if _detach() == 0:
+        os.close(report_r)
+        code = 125
+        try:
+            c = runtime.load(container_id)
+            code = Supervisor(c, report_fd=report_w).run()
+        except BaseException as e:       # noqa: BLE001 - the caller learns it through the pipe
+            try:
+                os.write(report_w, f"err 125 {e}".encode())
+            except OSError:
+                pass
+        os._exit(code & 0xFF)
+    os.close(report_w)
+    answer = b""
+    while chunk := os.read(report_r, 4096):
+        answer += chunk
+    os.close(report_r)
+    word, _, rest = answer.decode().partition(" ")
+    if word == "ok":
+        return
+    code, _, message = rest.partition(" ")
+    from labtool.errors import CommandNotExecutable, CommandNotFound
+
+    raise {"126": CommandNotExecutable, "127": CommandNotFound}.get(code, LabtoolError)(
+        message or "the supervisor ended before the container started")
+
