@@ -20,6 +20,7 @@ import inspect
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -28,7 +29,8 @@ import sys
 import textwrap
 import time
 
-from labtool import namespaces, notebook
+from labtool import cgroups, namespaces, notebook
+from labtool.cgroups import watch
 from labtool.engine import containers
 from labtool.errors import LabtoolError
 
@@ -444,3 +446,438 @@ def shared_namespaces(func):
                 _fail(f"{name_a} and {name_b}: {what}", hint)
     _ok("Your function tells which namespaces two live processes share "
         "(kernel and container: only user; --uts host and --ipc container: share those too): correct")
+
+
+# --- 03-cgroups ------------------------------------------------------------------------
+
+def _flags(flags, example):
+    """A learner's answer given as ``labtool run`` flags: a string ("--pids-limit 5") or a list."""
+    if isinstance(flags, str):
+        flags = shlex.split(flags)
+    if not isinstance(flags, (list, tuple)) or not all(isinstance(f, str) for f in flags):
+        _fail(f"{flags!r} are not labtool run flags", f'write them as a string, like "{example}"')
+    words = list(flags)
+    if "busybox" in words or "labtool" in words or "run" in words[:1]:
+        _fail("give only the flags, not a whole command", f'like "{example}": the check adds the rest')
+    if any(f == "--rm" or f == "--name" or f.startswith("--name=") for f in words):
+        _fail("leave out --rm and --name", "the check names its container itself and removes it afterwards")
+    return words
+
+
+def _remove_new_containers(before):
+    """Remove the containers made since ``before`` (a set of ids), running or not, the way
+    ``labtool rm --force`` does; return the states they had (what ``inspect`` read)."""
+    made = [rec for rec in containers.all_records() if rec.id not in before]
+    if made:
+        notebook.labtool("rm", "--force", *[rec.id for rec in made], quiet=True)
+    return [rec.state for rec in made]
+
+
+def _last_error(r):
+    return (r.err.strip().splitlines() or [f"exit code {r.code}"])[-1]
+
+
+def oom_killed(command):
+    """Exercise "get a container OOM-killed": ``command`` runs a container with a memory limit
+    of the learner's choice that the kernel's OOM killer ends; inspect says OOMKilled."""
+    example = "labtool run -m 20m busybox tail /dev/zero"
+    _container_command(command, example)
+    words = shlex.split(command)
+    limit = None
+    for i, word in enumerate(words):
+        if word in ("-m", "--memory") and i + 1 < len(words):
+            limit = words[i + 1]
+        elif word.startswith("--memory="):
+            limit = word.split("=", 1)[1]
+    if limit is None:
+        _fail("your command sets no memory limit",
+              "without --memory (-m) the container may take all of the host's memory; the check does not run it")
+    try:
+        limit_bytes = cgroups.parse_bytes(limit, "--memory")
+    except LabtoolError as e:
+        _fail(str(e), "write the limit in docker's units: 20m is 20 MiB")
+    if limit_bytes > 256 << 20:
+        _fail(f"a limit of {limit} is more than this check waits for",
+              "choose a small limit, 256m at most: your container has to fill it")
+    if "--rm" in words:
+        _fail("your command has --rm: the container is deleted when it ends, so inspect has nothing to read",
+              "drop --rm (the check removes the container after reading it)")
+    before = {rec.id for rec in containers.all_records()}
+    try:
+        r = _run_answer(command, timeout=20)
+    finally:                                  # whatever happened: take away what it made
+        states = _remove_new_containers(before)
+    if r.code == 125 or not states:
+        _fail(f"your command did not run a container: {_last_error(r)}",
+              "run it in a cell with sh(...) and read the error")
+    state = states[-1]
+    mib = limit_bytes / (1 << 20)
+    if state.get("OOMKilled") and r.code == 137:
+        _ok(f"The kernel OOM-killed your container at its limit of {mib:g} MiB: exit code 137, "
+            "inspect says OOMKilled: true: correct")
+        return
+    if state.get("OOMKilled"):
+        _ok(f"The OOM killer struck in your container (limit {mib:g} MiB) and inspect says OOMKilled: true; "
+            f"the container itself ended with {r.code} (its PID 1 survived the kill of a child): correct")
+        return
+    if r.code == 0:
+        _fail(f"your container ended normally (exit code 0): it never needed {mib:g} MiB",
+              "its command must keep more memory than the limit: `tail /dev/zero` keeps all it reads, "
+              "because /dev/zero has no end of line")
+    _fail(f"your container ended with exit code {r.code}, but not by the OOM killer: {_last_error(r)}",
+          "give it a command that only grows, like tail /dev/zero, and a limit it will reach")
+
+
+def half_of_last_cpu(flags):
+    """Exercise "half of the last CPU": with ``flags``, a busy container runs only on the
+    machine's last CPU and gets at most half of it."""
+    example = "--cpuset-cpus 0 --cpus 0.25"
+    words = _flags(flags, example)
+    last = max(cgroups.online_cpus())
+    try:
+        with watch.running("check-cpu", *words, command=watch.BUSY) as c:
+            with open(f"/proc/{c.pid}/status") as f:
+                allowed = next(line.split()[1] for line in f if line.startswith("Cpus_allowed_list:"))
+            times, used = watch.sample(lambda: watch.cpu_seconds(c.cgroup), 1.0, 0.1)
+    except RuntimeError as e:
+        _fail(f"labtool could not start a container with your flags: {e}",
+              "try them in a cell: labtool(\"run --rm YOUR FLAGS busybox true\")")
+    share = (used[-1] - used[0]) / (times[-1] - times[0])
+    if cgroups.parse_list(allowed) != {last}:
+        hint = (f"this machine's CPUs are {cgroups.format_cpuset(cgroups.online_cpus())}: the last one is {last}; "
+                "--cpuset-cpus chooses where it runs")
+        _fail(f"your container may run on CPU(s) {allowed}, not on CPU {last} alone", hint)
+    if share > 0.6:
+        _fail(f"your container is on CPU {last}, but a busy loop took {share:.0%} of it",
+              "--cpus N caps the CPU time per 100 ms period: N = 0.5 is half a CPU")
+    _ok(f"Your container ran on CPU {last} only, and a busy loop in it got no more than half of that CPU: correct")
+
+
+TWENTY_SLEEPS = "i=0; while [ $i -lt 20 ]; do sleep 30 & i=$((i+1)); done; echo all started"
+
+
+def largest_pids_limit(limit):
+    """Exercise "the largest --pids-limit that stops it": with ``--pids-limit limit`` a shell
+    that starts 20 sleeps in the background fails, with ``limit + 1`` it succeeds."""
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        _fail(f"{limit!r} is not a number", "give the limit as a whole number, like pids_limit = 7")
+    if limit <= 0:
+        _fail(f"--pids-limit {limit} means no limit at all", "give a positive number of processes")
+
+    def attempt(n):
+        return notebook.labtool("run", "--rm", "--pids-limit", str(n), "busybox", "sh", "-c", TWENTY_SLEEPS,
+                                quiet=True, timeout=30)
+
+    r = attempt(limit)
+    if r.code == 0 and "all started" in r.out:
+        _fail(f"with --pids-limit {limit} all 20 sleeps started",
+              "count every process in the container: the 20 sleeps, and the shell that starts them")
+    if "can't fork" not in r.err:
+        _fail(f"with --pids-limit {limit} the container failed, but not for want of processes: {_last_error(r)}",
+              "a limit that is too small for the shell itself to start is not what is asked")
+    bigger = attempt(limit + 1)
+    if bigger.code != 0 or "all started" not in bigger.out:
+        _fail(f"--pids-limit {limit} stops the loop, but so does {limit + 1}: it is not the largest",
+              "the shell is PID 1 of the container and counts too; nothing else runs in there")
+    _ok(f"--pids-limit {limit} stops the 20th sleep (the shell and 19 sleeps fill it), and "
+        f"--pids-limit {limit + 1} lets all start: correct")
+
+
+def loop0_read_only(flags):
+    """Exercise "a disk, read-only": with ``flags`` the container finds the host's /dev/loop0
+    at /dev/disk, may read it, and may not open it for writing."""
+    example = "--device /dev/sdz:/dev/here:r"
+    words = _flags(flags, example)
+    probe = ("stat -c '%F %t:%T' /dev/disk || exit 3; "
+             "dd if=/dev/disk of=/dev/null count=0 2>/dev/null && echo read-ok; "
+             "dd if=/dev/zero of=/dev/disk count=0 conv=notrunc 2>/dev/null && echo write-ok; true")
+    r = notebook.labtool("run", "--rm", *words, "busybox", "sh", "-c", probe, quiet=True, timeout=30)
+    if r.code == 125:
+        _fail(f"labtool refused your flags: {_last_error(r)}", "--device takes HOST[:CONTAINER][:PERMISSIONS]")
+    if r.code == 3:
+        _fail("there is no /dev/disk in your container",
+              "--device HOST:CONTAINER puts the host's device at the path CONTAINER inside")
+    kind = (r.out.splitlines() or [""])[0]
+    if kind != "block special file 7:0":
+        _fail(f"/dev/disk in your container is {kind!r}, not the host's /dev/loop0 (block device 7:0)",
+              "give the host's path first: --device /dev/loop0:...")
+    if "read-ok" not in r.out:
+        _fail("your container could not open /dev/disk for reading",
+              "the permissions after the second colon must include r")
+    if "write-ok" in r.out:
+        _fail("your container may open /dev/disk for writing",
+              "read-only is the permission r alone: --device HOST:CONTAINER:r")
+    _ok("The host's /dev/loop0 is /dev/disk in your container: it reads, it may not write: correct")
+
+
+# --- 04-overlay ------------------------------------------------------------------------
+
+def _labtool_quiet(*args, timeout=30):
+    return notebook.labtool(*args, quiet=True, timeout=timeout)
+
+
+def _made_by(command, before):
+    """The containers that ``command`` made: new since ``before`` (a set of ids), and named in it
+    or running what it says (other labtool users may be making containers at the same time)."""
+    new = [r for r in containers.all_records() if r.id not in before]
+    mine = [r for r in new if (r.name and r.name in command) or
+            (r.config.get("process", {}).get("args") and all(a in command for a in r.config["process"]["args"]))]
+    return mine or (new if len(new) == 1 else [])
+
+
+def _remove_made(command, before):
+    """Remove (``rm -f -v``) the containers ``command`` made."""
+    made = [r.id for r in _made_by(command, before)]
+    if made:
+        _labtool_quiet("rm", "-f", "-v", *made)
+
+
+def _flag_words(flags, example):
+    """A learner's ``labtool run`` flags: a string ("-v /a:/b") or a list of words."""
+    import shlex
+
+    if isinstance(flags, str):
+        flags = shlex.split(flags)
+    if not isinstance(flags, (list, tuple)) or not all(isinstance(f, str) for f in flags):
+        _fail(f"{flags!r} are not labtool run flags", f'return them as a string, like "{example}"')
+    words = [f for f in flags if f != "--rm"]
+    if words[:1] in (["labtool"], ["run"]) or "busybox" in words:
+        _fail("give only the flags, not a whole command", f'like "{example}": the check adds the rest')
+    if any(f == "--name" or f.startswith("--name=") for f in words):
+        _fail("leave out --name", "the check runs and removes its container itself")
+    return words
+
+
+def find_whiteouts(func):
+    """Exercise "find the whiteouts": ``func(upperdir)`` returns the host paths of every
+    whiteout (a character device 0:0) below an overlay upperdir, and nothing else."""
+    import random
+    import stat
+
+    from labtool import overlay
+    from labtool.images import store
+
+    if not callable(func):
+        _fail(f"{func!r} is not a function", "define it with def find_whiteouts(upperdir): ...")
+    image = store.find("busybox")
+    needed = ("sh", "busybox", "rm", "mknod", "touch", "mkdir")        # the script below uses them
+    applets = sorted(n for n in os.listdir(os.path.join(image.layers[0], "bin")) if n not in needed)
+    rng = random.Random()
+    deleted = ["/etc/group", "/var/spool/cron", *(f"/bin/{n}" for n in rng.sample(applets, 2))]
+    # besides the deletions: a character device that is no whiteout, an empty file, a file
+    # made and deleted again (nothing below it: no whiteout), a directory deleted and made again
+    # (opaque: no whiteout either)
+    script = ("rm -rf " + " ".join(deleted) + "; mknod /tmp/null-copy c 1 3; : > /tmp/empty; "
+              "touch /tmp/gone; rm /tmp/gone; rm -rf /var/www; mkdir /var/www; touch /var/www/index.html")
+    name = "check-whiteouts"
+    _labtool_quiet("rm", "-f", "-v", name)          # left over from a check that was interrupted?
+    try:
+        r = _labtool_quiet("run", "--name", name, "busybox", "sh", "-c", script)
+        if r.code != 0:
+            raise RuntimeError(r.err.strip() or f"exit code {r.code}")
+        upper = overlay.storage(name)["UpperDir"]
+        truth = set()
+        for dirpath, dirnames, filenames in os.walk(upper):
+            truth.update(os.path.join(dirpath, n) for n in dirnames + filenames
+                         if overlay.is_whiteout(os.path.join(dirpath, n)))
+        try:
+            answer = func(upper)
+        except Exception as e:
+            _fail(f"your function raised {type(e).__name__}: {e}",
+                  "walk the upperdir (os.walk) and look at each entry with os.lstat")
+        if isinstance(answer, str) or not hasattr(answer, "__iter__"):
+            _fail(f"your function returned {answer!r}", "return a list of host paths, like [upperdir + '/etc/group']")
+        got = {os.path.normpath(str(p)) for p in answer}
+        if got == truth:
+            _ok(f"Your function finds the {len(truth)} whiteouts the check's container left (/etc/group, "
+                "/var/spool/cron and two programs in /bin), and not the device 1:3, the empty file or the "
+                "opaque directory: correct")
+            return
+        inside = {os.path.join(upper, p.lstrip("/")) for p in got if not p.startswith(upper)}
+        if inside and inside <= truth:
+            _fail("your function returned paths as the container sees them, like "
+                  f"{sorted(got - truth)[0]!r}", "return host paths: the upperdir joined with the path")
+        extra, missing = sorted(got - truth), sorted(truth - got)
+        rel = lambda paths: ", ".join("/" + os.path.relpath(p, upper) for p in paths[:4])
+        if extra:
+            hints = []
+            for p in extra:
+                try:
+                    st = os.lstat(p)
+                except OSError:
+                    hints.append("return paths that exist in the upperdir")
+                    continue
+                if stat.S_ISCHR(st.st_mode):
+                    hints.append("a character device is a whiteout only when its device number is 0:0 (st_rdev == 0)")
+                elif stat.S_ISDIR(st.st_mode) and overlay.is_opaque(p):
+                    hints.append("an opaque directory (trusted.overlay.opaque) is no whiteout: "
+                                 "it hides what is below it, but it is a directory")
+                else:
+                    hints.append("a whiteout is a character device (stat.S_ISCHR of os.lstat's st_mode), "
+                                 "not any file")
+            _fail(f"these are not whiteouts: {rel(extra)}", hints[0])
+        hint = "walk the whole upperdir (os.walk), not only its top: whiteouts sit where the deleted file was"
+        if any(os.path.relpath(p, upper) == "var/spool/cron" for p in missing) and len(missing) == 1:
+            hint = ("a deleted directory leaves a whiteout as well; os.walk lists it among the files "
+                    "(it is a device, not a directory)")
+        _fail(f"your function missed {len(missing)} whiteout(s): {rel(missing)}", hint)
+    except RuntimeError as e:
+        _fail(f"the check could not run its container: {e}", "does labtool run --rm busybox true work?")
+    finally:
+        _labtool_quiet("rm", "-f", "-v", name)
+
+
+def diff_shows_greeting(command):
+    """Exercise "A /greeting": ``command`` makes a container whose ``labtool diff`` is
+    exactly the one line ``A /greeting``."""
+    import shlex
+
+    from labtool import changes
+
+    example = "labtool run --name NAME busybox sh -c '...'"
+    _container_command(command, example)
+    try:
+        words = shlex.split(command)
+    except ValueError as e:
+        _fail(f"your command cannot be read: {e}", "every quote you open must be closed")
+    if "--rm" in words:
+        _fail("your command has --rm: the container, and its upperdir, are deleted when it ends",
+              "drop --rm: labtool diff reads a container that still exists (the check removes it afterwards)")
+    before = {r.id for r in containers.all_records()}
+    try:
+        r = _run_answer(command)
+        made = _made_by(command, before)
+        if "Conflict" in r.err:
+            _fail(f"labtool refused: {_last_line(r)}",
+                  "a container of that name exists already (did you run your command in a cell?): "
+                  "labtool rm it, or leave --name out")
+        if not made:
+            _fail(f"your command made no container: {_last_line(r)}",
+                  "run it in a cell with sh(...) and read the error")
+        if r.code != 0:
+            _fail(f"your container failed (exit code {r.code}): {_last_line(r)}",
+                  "mind the quotes: the container's command is one string after sh -c")
+        diffs = [[str(c) for c in changes.diff(rec.id)] for rec in made]
+        lines = next((d for d in diffs if d == ["A /greeting"]), diffs[-1])
+    finally:
+        _remove_made(command, before)
+    if lines == ["A /greeting"]:
+        _ok("labtool diff of your container says exactly: A /greeting: correct")
+        return
+    shown = "; ".join(lines) or "nothing"
+    if not lines:
+        hint = "the container must make the file /greeting, e.g. with echo hello > /greeting"
+    elif "A /greeting" in lines:
+        hint = ("it changed more than that: only make the file /greeting (a change inside a directory of "
+                "the image shows that directory as C too)")
+    elif any(line.endswith("/greeting") for line in lines):
+        hint = "the file must be at the top of the container's tree: /greeting"
+    else:
+        hint = "make a new file called /greeting, and change nothing else"
+    _fail(f"labtool diff of your container says: {shown}", hint)
+
+
+def _last_line(r):
+    return (r.err.strip().splitlines() or [f"exit code {r.code}"])[-1]
+
+
+def motd_read_only(func):
+    """Exercise "a host file, read-only, at /etc/motd": ``func(host_file)`` returns the run
+    flags that make the host's file /etc/motd in the container, readable, not writable."""
+    import tempfile
+
+    if not callable(func):
+        _fail(f"{func!r} is not a function", "define it with def motd_flags(host_file): ...")
+    example = "-v /host/file:/in/container:ro"
+    top = tempfile.mkdtemp(prefix="labtool-check-motd-", dir="/tmp")
+    host_file = os.path.join(top, "motd")
+    token = "welcome to " + os.urandom(4).hex()
+    with open(host_file, "w") as f:
+        f.write(token + "\n")
+    probe = ("if [ -d /etc/motd ]; then echo DIR; fi; cat /etc/motd; "
+             "echo changed >> /etc/motd && echo WROTE; true")
+    try:
+        try:
+            words = _flag_words(func(host_file), example)
+        except AssertionError:
+            raise
+        except Exception as e:
+            _fail(f"your function raised {type(e).__name__}: {e}", "return the flags, like \"" + example + '"')
+        r = _labtool_quiet("run", "--rm", *words, "busybox", "sh", "-c", probe)
+        if r.code == 125:
+            _fail(f"labtool refused your flags: {_last_line(r)}", "-v takes HOST:CONTAINER[:ro]")
+        if r.out.startswith("DIR"):
+            _fail("/etc/motd in your container is a directory",
+                  "the host path before the ':' must be the host_file you are given: a host path that does "
+                  "not exist is made as a directory")
+        if token not in r.out:
+            _fail("/etc/motd in your container does not show the host file's text",
+                  "bind the host file onto /etc/motd: -v HOST_FILE:/etc/motd")
+        with open(host_file) as f:
+            changed = f.read() != token + "\n"
+        if "WROTE" in r.out or changed:
+            hint = "add :ro after the path in the container: the bind mount is then read-only"
+            if "--read-only" in words:
+                hint = ("--read-only makes the container's root read-only, not the mounts on it: "
+                        "the bind needs :ro of its own")
+            _fail("your container could write to /etc/motd, and so to the host's file", hint)
+        if "Read-only file system" not in r.err:
+            _fail(f"the write failed, but not because the mount is read-only: {_last_line(r)}",
+                  "make the bind itself read-only, with :ro")
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+    _ok("The host's file is /etc/motd in your container: it reads, and a write fails with "
+        "'Read-only file system': correct")
+
+
+def volume_mailbox(command):
+    """Exercise "a letter in a volume": ``command`` writes hello into the file letter of
+    the named volume mailbox, so that a second container reads it there."""
+    from labtool import volumes
+
+    example = "labtool run --rm -v NAME:/PATH busybox sh -c '...'"
+    _container_command(command, example)
+    if "mailbox" not in command:
+        _fail("your command does not name the volume mailbox", "-v mailbox:/PATH mounts the volume mailbox at PATH")
+    if "-v /mailbox" in command or "--volume /mailbox" in command:
+        _fail("/mailbox is a path: with a leading / it is a host directory (a bind mount), or an anonymous volume",
+              "a volume is named without a slash: -v mailbox:/mail")
+
+    def drop_mailbox():
+        try:
+            users = volumes.users("mailbox")
+        except LabtoolError:
+            return
+        if users:
+            _fail(f"the volume mailbox is used by container(s) {', '.join(u[:12] for u in users)}",
+                  "remove them first (labtool rm -v ...): the check starts with a new, empty mailbox")
+        try:
+            volumes.remove("mailbox")
+        except volumes.VolumeNotFound:
+            pass
+
+    drop_mailbox()
+    before = {r.id for r in containers.all_records()}
+    try:
+        r = _run_answer(command)
+        _remove_made(command, before)
+        if r.code != 0:
+            _fail(f"your command failed (exit code {r.code}): {_last_line(r)}",
+                  "run it in a cell with sh(...) and read the error")
+        try:
+            data = volumes.find("mailbox").data
+        except volumes.VolumeNotFound:
+            _fail("your command made no volume called mailbox",
+                  "-v mailbox:/mail: a name, a colon, a path (a source with a / in it is a host path: a bind mount)")
+        read = _labtool_quiet("run", "--rm", "-v", "mailbox:/box", "busybox", "cat", "/box/letter")
+        if read.code != 0:
+            found = sorted(os.listdir(data))
+            _fail(f"a second container finds no file letter in mailbox (it holds: {', '.join(found) or 'nothing'})",
+                  "write the file letter at the top of the volume: with -v mailbox:/mail it is /mail/letter")
+        if read.out.strip() != "hello":
+            _fail(f"mailbox's letter says {read.out.strip()!r}, not 'hello'", "echo hello > /mail/letter")
+    finally:
+        _remove_made(command, before)
+        drop_mailbox()
+    _ok("A second container reads hello from mailbox's letter: the volume outlived the container "
+        "that wrote it: correct")

@@ -21,6 +21,7 @@ import argparse
 import os
 import sys
 
+from labtool import paths
 from labtool.errors import LabtoolError, NeedsRoot, UsageError
 
 
@@ -278,6 +279,7 @@ def _each(names, action):
 
 
 def cmd_start(a):
+    from labtool import paths
     from labtool.engine import containers, lifecycle, logs
 
     _needs_root("labtool start")
@@ -285,22 +287,17 @@ def cmd_start(a):
         return _each(a.containers, lifecycle.start)
     if len(a.containers) != 1:
         raise UsageError("you cannot start and attach multiple containers at once")
-    record = lifecycle.start(a.containers[0])
-    return _follow(record, logs, containers, since_start=True)
+    record = containers.find(a.containers[0])
+    offset = logs.size(paths.container_dir(record.id))      # what it prints from now on
+    lifecycle.start(record.id)
+    return _follow(record, logs, containers, offset=offset)
 
 
-def _follow(record, logs, containers, since_start=False, tail=None, timestamps=False):
+def _follow(record, logs, containers, offset=None, tail=None, timestamps=False):
     """Copy a container's log to our stdout/stderr as it grows, until it stops; its exit code."""
-    from labtool import paths
-
     directory = paths.container_dir(record.id)
-    skip = len(logs.read(directory)) if since_start else 0
-    if since_start:
-        tail = 0
-    still = lambda: containers.load(record.id).status in ("running", "paused", "restarting", "created")  # noqa: E731
-    for entry in logs.follow(directory, tail=tail, still_running=still):
-        if skip:
-            skip -= 1
+    still = lambda: containers.load(record.id).status in ("running", "paused", "restarting")  # noqa: E731
+    for entry in logs.follow(directory, tail=tail, still_running=still, offset=offset):
         _print_entry(entry, timestamps)
     return containers.load(record.id).state.get("ExitCode", 0)
 
@@ -312,7 +309,6 @@ def _print_entry(entry, timestamps):
 
 
 def cmd_logs(a):
-    from labtool import paths
     from labtool.engine import containers, logs
 
     record = containers.find(a.container)

@@ -16,10 +16,13 @@ step 02 is on. It waits until the parent's ``started`` work is done, settles int
 namespaces (``namespaces.settle``), runs the in-child work, and execs the command. The parent waits for it and hands its exit code back.
 """
 
+import fcntl
 import json
 import os
 import shutil
 import signal
+import socket
+import termios
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -82,6 +85,7 @@ class Container:
     prepared: list = field(default_factory=list)     # steps whose host work is done (to undo)
     errors_r: int = -1                # the child reports here why its command did not start
     exec_error: str = ""              # what it reported ("" once the exec worked)
+    console_fd: int = -1              # -t: a unix socket on which the child sends its terminal
 
 
 def new_container(spec):
@@ -296,7 +300,7 @@ def _outcome(status, problem):
 def _child(c, argv, env, errors_w, ready_w, go_r):
     """In the child: wait for the parent, do every step's in-child work, exec the command."""
     try:
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        _default_signals()
         _take_stdio(c)
         os.write(ready_w, b"r")
         if os.read(go_r, 1) != b"g":
@@ -307,6 +311,8 @@ def _child(c, argv, env, errors_w, ready_w, go_r):
         for step in c.steps:
             if hasattr(step.module, "in_child"):
                 step.module.in_child(c)
+        if c.console_fd >= 0:
+            _make_console(c)
         start = lambda: exec_command(argv, env, c.spec.process.cwd, c.spec.process.user, errors_w)  # noqa: E731
         if c.spec.init:
             explain.say("init", "fork; PID 1 stays to reap zombies and forward signals", "--init")
@@ -316,18 +322,49 @@ def _child(c, argv, env, errors_w, ready_w, go_r):
         _report(errors_w, e, argv)
 
 
+def _default_signals():
+    """The command starts with every signal at its default action and none blocked: Python
+    ignores SIGPIPE, a detached supervisor ignores SIGHUP, and an ignored signal stays
+    ignored across execve (man 7 signal) - a shell could not even trap it."""
+    for sig in signal.valid_signals():
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):
+            try:
+                signal.signal(sig, signal.SIG_DFL)
+            except (OSError, ValueError):
+                pass
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
 def _take_stdio(c):
     """The command's stdin, stdout and stderr: what the supervisor handed over (pipes it
     logs, or a pseudo-terminal with -t, which becomes the controlling terminal)."""
     for target, fd in enumerate(c.stdio):
         if fd != target:
             os.dup2(fd, target)
-    if c.spec.tty:
-        import fcntl
-        import termios
+    if c.spec.tty and c.console_fd < 0:
+        _controlling_terminal()
 
-        os.setsid()                                  # a new session, led by the command...
-        fcntl.ioctl(0, termios.TIOCSCTTY, 0)         # ...with the pseudo-terminal as its terminal
+
+def _controlling_terminal():
+    os.setsid()                                  # a new session, led by the command...
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)         # ...with the pseudo-terminal as its terminal
+
+
+def _make_console(c):
+    """-t: a pseudo-terminal from the container's *own* /dev/pts (so that ``tty`` says
+    /dev/pts/0 inside), its controlling end handed to the supervisor over a unix socket
+    (SCM_RIGHTS, man 7 unix), as runc does with its --console-socket."""
+    explain.say("chroot", "openpty() in the container's /dev/pts; send the master to the supervisor",
+                "-t: a terminal of the container's own")
+    master, slave = os.openpty()
+    with socket.socket(fileno=c.console_fd) as sock:
+        socket.send_fds(sock, [b"pty"], [master])
+    os.close(master)
+    for fd in (0, 1, 2):
+        os.dup2(slave, fd)
+    if slave > 2:
+        os.close(slave)
+    _controlling_terminal()
 
 
 def exec_command(argv, env, cwd, user, errors_w):
@@ -392,7 +429,7 @@ def exec_in(name, argv, env=(), cwd="", user="", explain_it=False):
     if pid == 0:
         try:
             os.close(errors_r)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            _default_signals()
             if cgroup:
                 cgroup.add(os.getpid())     # a pid of the container's PID namespace: ours now
             namespaces.join(target)                 # mnt last: we land in the container's root

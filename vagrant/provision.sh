@@ -6,10 +6,21 @@
 #   virtualenv        $LABTOOL_VENV (default /opt/labtool/venv) from requirements.txt
 #   labtool           installed editable from this checkout; `labtool` on PATH
 #   base image        busybox, made offline from /bin/busybox
+#
+# With --vm (the Vagrantfile passes it; never on a CI host or a lecturer's own machine) also:
+#   JupyterLab        a systemd service on the VM's port 8888, with a token; its URL is the last line
+#   Docker            if Docker is (or gets) installed, its FORWARD DROP policy spares labtool's bridges
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${LABTOOL_VENV:-/opt/labtool/venv}
+VM=0
+for arg in "$@"; do
+    case "$arg" in
+        --vm) VM=1 ;;
+        *) echo "usage: $0 [--vm]" >&2; exit 2 ;;
+    esac
+done
 say() { printf 'provision: %s\n' "$*"; }
 
 if [ "$(id -u)" != 0 ]; then
@@ -59,7 +70,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
         --config-settings editable_mode=compat -e "$REPO" 2>/dev/null
     echo "$want" > "$stamp"
 fi
-ln -sf "$VENV/bin/labtool" /usr/local/bin/labtool
+[ "$(readlink /usr/local/bin/labtool)" = "$VENV/bin/labtool" ] || ln -sf "$VENV/bin/labtool" /usr/local/bin/labtool
 # Byte-compile labtool now: where PYTHONDONTWRITEBYTECODE is set, every start would compile it again.
 "$VENV/bin/python" -m compileall -q "$REPO/labtool" >/dev/null
 
@@ -69,4 +80,110 @@ if ! env -u LABTOOL_ROOT "$VENV/bin/labtool" images | grep -q '^busybox '; then
     say "making the busybox image"
     env -u LABTOOL_ROOT "$VENV/bin/labtool" run --rm busybox true >/dev/null
 fi
+
+if [ "$VM" = 1 ]; then
+    # --- the VM only ----------------------------------------------------------------------
+    # write_if_changed PATH MODE < CONTENT: install CONTENT at PATH; true if it changed.
+    write_if_changed() {
+        local new
+        new=$(mktemp)
+        cat > "$new"
+        if cmp -s "$new" "$1"; then
+            rm -f "$new"
+            return 1
+        fi
+        install -D -m "$2" "$new" "$1"
+        rm -f "$new"
+        say "wrote $1"
+    }
+    reload=0
+
+    # JupyterLab, as root like `make lab` (labtool needs root), on every address of the VM:
+    # VirtualBox forwards the host's port to the VM's NAT address, vagrant-libvirt through an
+    # ssh tunnel to the VM's loopback. The Vagrantfile forwards it to 127.0.0.1 of the host
+    # only, so nobody else on the room's network reaches it; the token guards the rest.
+    install -d -m 700 /etc/labtool
+    if [ ! -s /etc/labtool/jupyter.env ]; then
+        (umask 077; echo "JUPYTER_TOKEN=$(/usr/bin/python3 -c 'import secrets; print(secrets.token_hex(24))')" \
+            > /etc/labtool/jupyter.env)
+        say "made a JupyterLab token in /etc/labtool/jupyter.env"
+    fi
+    write_if_changed /etc/systemd/system/labtool-jupyter.service 644 <<UNIT && reload=1
+[Unit]
+Description=JupyterLab with the labtool notebooks (vagrant/provision.sh --vm)
+After=network.target
+
+[Service]
+EnvironmentFile=/etc/labtool/jupyter.env
+Environment=HOME=/root
+WorkingDirectory=$REPO/notebooks
+ExecStart=$VENV/bin/jupyter lab --ip=0.0.0.0 --port=8888 --no-browser --allow-root --ServerApp.root_dir=$REPO/notebooks
+Restart=on-failure
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+
+    # Docker, when it runs, sets the FORWARD policy to DROP and forwards only for its own
+    # bridges: labtool's containers would lose the network. Docker leaves the DOCKER-USER chain
+    # (looked at first) to the administrator; this unit accepts labtool's bridges (lt*) there,
+    # each time Docker starts. Without Docker nothing wants the unit and it never runs. Plain
+    # rules, not a LABTOOL* chain: `labtool reset` removes those, and this must outlive a reset.
+    write_if_changed /usr/local/lib/labtool/docker-forward 755 <<'SCRIPT' || true
+#!/bin/sh
+# Let labtool's bridges (lt*) forward although Docker set the FORWARD policy to DROP.
+# Started after docker.service by labtool-docker-forward.service (vagrant/provision.sh --vm).
+iptables -w -n -L DOCKER-USER >/dev/null 2>&1 || exit 0     # Docker is not filtering
+for dir in -i -o; do
+    iptables -w -C DOCKER-USER "$dir" 'lt+' -m comment --comment labtool -j ACCEPT 2>/dev/null ||
+        iptables -w -I DOCKER-USER "$dir" 'lt+' -m comment --comment labtool -j ACCEPT
+done
+SCRIPT
+    write_if_changed /etc/systemd/system/labtool-docker-forward.service 644 <<'UNIT' && reload=1
+[Unit]
+Description=Let labtool's bridges forward although Docker sets the FORWARD policy to DROP
+After=docker.service
+PartOf=docker.service
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/local/lib/labtool/docker-forward
+
+[Install]
+WantedBy=docker.service
+UNIT
+    # At every boot: start the containers whose restart policy says so (always; unless-stopped
+    # ones that were running when the VM went down), as dockerd does when it starts.
+    write_if_changed /etc/systemd/system/labtool-boot.service 644 <<UNIT && reload=1
+[Unit]
+Description=Start labtool containers with --restart always / unless-stopped
+After=local-fs.target network.target
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/bin/labtool system boot
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+
+    if [ "$reload" = 1 ]; then
+        systemctl daemon-reload
+        systemctl restart labtool-jupyter.service
+    fi
+    for unit in labtool-jupyter.service labtool-docker-forward.service labtool-boot.service; do
+        systemctl is-enabled -q "$unit" || { say "enabling $unit"; systemctl enable -q "$unit"; }
+    done
+    if systemctl is-active -q docker.service && ! systemctl is-active -q labtool-docker-forward.service; then
+        say "Docker runs: letting labtool's bridges through its FORWARD policy"
+        systemctl start labtool-docker-forward.service
+    fi
+    systemctl is-active -q labtool-jupyter.service || { say "starting JupyterLab"; systemctl start labtool-jupyter.service; }
+fi
+
 say "ready: $("$VENV/bin/python" --version), labtool at /usr/local/bin/labtool"
+if [ "$VM" = 1 ]; then
+    token=$(sed -n 's/^JUPYTER_TOKEN=//p' /etc/labtool/jupyter.env)
+    say "JupyterLab: http://127.0.0.1:${LABTOOL_HOST_PORT:-8888}/lab?token=$token"
+fi

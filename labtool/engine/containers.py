@@ -57,11 +57,9 @@ class Record:
         runs: its supervisor was killed (kill -9), or the machine rebooted.
         """
         status = self.state.get("Status", "created")
-        if status in ("running", "paused") and not self.running_pid:
-            return "dead"
-        if status == "restarting" and not self.supervisor_pid:
-            return "dead"
-        return status
+        if status in ("running", "paused", "restarting") and not self.supervisor_pid:
+            return "dead" if not self.running_pid else status
+        return status           # (its PID 1 may have just ended: the supervisor is writing it down)
 
 
 def _alive(pid, start_time):
@@ -201,15 +199,22 @@ def inspect(record):
         "Id": record.id,
         "Name": "/" + record.name if record.name else "",
         "Image": config.get("image", ""),
+        "Created": _timestamp(state.get("Created")),
         "State": {
-            "Status": "running" if pid else state.get("Status", "created"),
-            "Running": bool(pid),
+            "Status": record.status,
+            "Running": record.status in ("running", "paused"),
+            "Paused": record.status == "paused",
+            "Restarting": record.status == "restarting",
+            "OOMKilled": state.get("OOMKilled", False),
+            "Dead": record.status == "dead",
             "Pid": pid,
             "ExitCode": state.get("ExitCode", 0),
-            "OOMKilled": state.get("OOMKilled", False),
+            "Error": state.get("Error", "") or ("its supervisor is gone" if record.status == "dead" else ""),
             "StartedAt": _timestamp(state.get("StartedAt")),
             "FinishedAt": _timestamp(state.get("FinishedAt")),
         },
+        "RestartCount": state.get("RestartCount", 0),
+        "LogPath": os.path.join(paths.container_dir(record.id), f"{record.id}-json.log"),
         "Config": {
             "Hostname": config.get("hostname", "") or record.id[:12],
             "Env": config.get("process", {}).get("env", []),
@@ -217,6 +222,9 @@ def inspect(record):
             "Image": config.get("image", ""),
             "WorkingDir": config.get("process", {}).get("cwd", ""),
             "User": config.get("process", {}).get("user", ""),
+            "Entrypoint": config.get("entrypoint"),
+            "Tty": config.get("tty", False),
+            "OpenStdin": config.get("interactive", False),
         },
         "HostConfig": {
             "Memory": resources.get("memory", 0),
@@ -227,11 +235,18 @@ def inspect(record):
             "PidsLimit": resources.get("pids_limit", 0),
             "Devices": resources.get("devices", []),
             "Init": config.get("init", False),
+            "RestartPolicy": _restart_policy(config.get("restart", "no")),
+            "AutoRemove": config.get("remove", False),
             "ReadonlyRootfs": config.get("read_only", False),
         },
         "Mounts": record.mounts,
         "GraphDriver": _graph_driver(record.id),
     }
+
+
+def _restart_policy(text):
+    name, _, count = text.partition(":")
+    return {"Name": name, "MaximumRetryCount": int(count or 0)}
 
 
 def _graph_driver(container_id):

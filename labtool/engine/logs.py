@@ -76,17 +76,26 @@ def read(container_dir, tail=None):
     return [json.loads(line) for line in lines if line.strip()]
 
 
-def follow(container_dir, tail=None, still_running=lambda: False, poll=0.05):
-    """Yield entries as they are written, until the container has stopped and the file
-    has no more; like ``tail -f`` (``labtool logs -f``)."""
-    for entry in read(container_dir, tail):
-        yield entry
+def size(container_dir):
+    """How far the log goes now (``start -a`` follows from here)."""
     try:
-        f = open(path(container_dir))
+        return os.path.getsize(path(container_dir))
     except FileNotFoundError:
-        return
-    with f:
-        f.seek(0, os.SEEK_END)
+        return 0
+
+
+def follow(container_dir, tail=None, still_running=lambda: False, poll=0.05, offset=None):
+    """Yield entries as they are written, until the container has stopped and the file
+    has no more; like ``tail -f`` (``labtool logs -f``). With ``offset``: only what was
+    written after that point of the file."""
+    if offset is None:
+        yield from read(container_dir, tail)
+    while not os.path.exists(path(container_dir)):
+        if not still_running():
+            return
+        time.sleep(poll)
+    with open(path(container_dir)) as f:
+        f.seek(offset if offset is not None else 0, os.SEEK_SET if offset is not None else os.SEEK_END)
         pending = ""
         while True:
             chunk = f.read()

@@ -26,6 +26,7 @@ after a run of 10 s or more: a container that crashes at once does not eat the m
 import os
 import selectors
 import signal
+import socket
 import time
 
 from labtool import runtime
@@ -71,6 +72,7 @@ class Supervisor:
         self.report_fd = report_fd
         self.error = None
         self.started = False
+        self.console = None                          # -t: the socket the terminal comes on
 
     def run(self):
         """Supervise until the container is done for good; return its last exit code."""
@@ -132,6 +134,11 @@ class Supervisor:
         finally:
             for fd in set(theirs) - {0, 1, 2}:
                 os.close(fd)
+            if c.console_fd >= 0:
+                os.close(c.console_fd)
+                c.console_fd = -1
+        if self.console is not None:
+            ours, stdin = self._receive_console(ours)
         log = logs.Writer(c.dir)
         if not runtime.wait_for_exec(c):        # "ok" only once the command really runs
             self._report("ok")
@@ -150,13 +157,30 @@ class Supervisor:
             self.error = e
             return e.exit_code
 
+    def _receive_console(self, ours):
+        """The master end of the container's terminal, sent by the container (see runtime)."""
+        with self.console as sock:
+            _, fds, _, _ = socket.recv_fds(sock, 16, 1)
+        self.console = None
+        if not fds:                                  # the child failed before: its error follows
+            return ours, None
+        master = fds[0]
+        _set_window_size(master, 0 if (self.attached and os.isatty(0)) else None)
+        return {master: "stdout"}, (master if (self.attached and self.c.spec.interactive) else None)
+
     def _stdio(self):
         """({our fd: stream name}, the container's (stdin, stdout, stderr), where our stdin goes)."""
         c = self.c
-        if c.spec.tty:
+        if c.spec.tty and "mnt" in c.namespaces:
+            # the container makes its terminal in its own /dev/pts and sends us the master
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            c.console_fd = theirs.detach()
+            self.console = ours
+            null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+            return {}, (null, null, null), None
+        if c.spec.tty:                                         # no mount namespace: a host terminal
             master, slave = os.openpty()
-            if self.attached and os.isatty(0):
-                _copy_window_size(0, master)
+            _set_window_size(master, 0 if (self.attached and os.isatty(0)) else None)
             stdin = master if (self.attached and c.spec.interactive) else None
             return {master: "stdout"}, (slave, slave, slave), stdin
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
@@ -189,9 +213,11 @@ class Supervisor:
                     elif key.data == "stdin":
                         data = _read(0)
                         if data:
-                            os.write(stdin, data)
-                        else:
+                            _write_all(stdin, data)
+                        else:                       # our input ended: tell the terminal (^D)
                             sel.unregister(0)
+                            if self.c.spec.tty:
+                                _write_all(stdin, b"\x04")
                     elif key.fd in open_fds:
                         data = _read(key.fd)
                         if data:
@@ -243,11 +269,14 @@ def _write_all(fd, data):
             return
 
 
-def _copy_window_size(source, target):
+def _set_window_size(target, source=None):
+    """Rows and columns of the container's terminal: those of ours, or 24 x 80."""
     import fcntl
+    import struct
     import termios
 
-    size = fcntl.ioctl(source, termios.TIOCGWINSZ, b"\0" * 8)
+    size = fcntl.ioctl(source, termios.TIOCGWINSZ, b"\0" * 8) if source is not None else \
+        struct.pack("HHHH", 24, 80, 0, 0)
     fcntl.ioctl(target, termios.TIOCSWINSZ, size)
 
 
