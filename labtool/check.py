@@ -464,13 +464,28 @@ def _flags(flags, example):
     return words
 
 
-def _remove_new_containers(before):
-    """Remove the containers made since ``before`` (a set of ids), running or not, the way
-    ``labtool rm --force`` does; return the states they had (what ``inspect`` read)."""
-    made = [rec for rec in containers.all_records() if rec.id not in before]
-    if made:
-        notebook.labtool("rm", "--force", *[rec.id for rec in made], quiet=True)
-    return [rec.state for rec in made]
+def _named(words):
+    """The learner's ``labtool run ...`` words with a --name of the check's own, so that the
+    check finds (and removes) exactly this container, whatever else runs on the machine."""
+    for i, word in enumerate(words):
+        if word == "--name" and i + 1 < len(words):
+            return words, words[i + 1]
+        if word.startswith("--name="):
+            return words, word.split("=", 1)[1]
+    name = f"check-{os.getpid()}-{int(time.time() * 1000) % 100000}"
+    at = words.index("run") + 1
+    return words[:at] + ["--name", name] + words[at:], name
+
+
+def _remove_named(name):
+    """Remove container ``name`` if it exists, running or not (``labtool rm --force``); return
+    the state it had (what ``inspect`` read), or None."""
+    try:
+        record = containers.find(name)
+    except LabtoolError:
+        return None
+    notebook.labtool("rm", "--force", record.id, quiet=True)
+    return record.state
 
 
 def _last_error(r):
@@ -502,15 +517,14 @@ def oom_killed(command):
     if "--rm" in words:
         _fail("your command has --rm: the container is deleted when it ends, so inspect has nothing to read",
               "drop --rm (the check removes the container after reading it)")
-    before = {rec.id for rec in containers.all_records()}
+    words, name = _named(words)
     try:
-        r = _run_answer(command, timeout=20)
+        r = _run_answer(shlex.join(words), timeout=20)
     finally:                                  # whatever happened: take away what it made
-        states = _remove_new_containers(before)
-    if r.code == 125 or not states:
+        state = _remove_named(name)
+    if r.code == 125 or not state:
         _fail(f"your command did not run a container: {_last_error(r)}",
               "run it in a cell with sh(...) and read the error")
-    state = states[-1]
     mib = limit_bytes / (1 << 20)
     if state.get("OOMKilled") and r.code == 137:
         _ok(f"The kernel OOM-killed your container at its limit of {mib:g} MiB: exit code 137, "

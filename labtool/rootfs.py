@@ -195,13 +195,25 @@ def mount_kernel_filesystems(c):
     if "ipc" in c.namespaces:
         _mount("mqueue", f"{root}/dev/mqueue", "mqueue", NOSUID_NODEV_NOEXEC, None,
                "POSIX message queues of this IPC namespace")
+
+
+def bind_etc_files(c):
+    """/etc/hostname, /etc/hosts, /etc/resolv.conf: files labtool wrote for this container,
+    bound over the image's. After the user's own mounts, as Docker does: a volume on /etc
+    must not hide them."""
     for name in ("hostname", "hosts", "resolv.conf"):
         source = os.path.join(c.dir, name)
-        if os.path.exists(source):
-            target = f"{root}/etc/{name}"
-            explain.say("chroot", f"mount --bind <container>/{name} <rootfs>/etc/{name}",
-                        "a file labtool wrote for this container")
-            syscalls.mount(source, target, None, syscalls.MS_BIND)
+        target = f"{c.rootfs}/etc/{name}"
+        if not os.path.exists(source):
+            continue
+        if not os.path.lexists(target):
+            try:
+                open(target, "a").close()       # a volume on /etc: the mount point goes in it
+            except OSError:
+                continue                        # (a read-only one: then the volume's file stays)
+        explain.say("chroot", f"mount --bind <container>/{name} <rootfs>/etc/{name}",
+                    "a file labtool wrote for this container")
+        syscalls.mount(source, target, None, syscalls.MS_BIND)
 
 
 def make_mountpoints(top):
@@ -262,6 +274,7 @@ def in_child(c):
         for step in c.steps:          # later steps' mounts from host paths (volumes: step 04)
             if hasattr(step.module, "before_pivot_root"):
                 step.module.before_pivot_root(c)
+        bind_etc_files(c)
         pivot_root(c.rootfs)
     else:
         chroot(c.rootfs)

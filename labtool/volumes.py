@@ -150,7 +150,7 @@ def prune(everything=False):
     removed, freed = [], 0
     for volume in all_volumes():
         if (everything or volume.anonymous) and not users(volume.name):
-            freed += disk_usage(volume.path)
+            freed += disk_usage(volume.data)      # the data, not our own volume.json
             shutil.rmtree(volume.path)
             removed.append(volume.name)
     return removed, freed

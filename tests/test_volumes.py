@@ -211,3 +211,13 @@ def test_a_failed_start_with_rm_removes_its_container_and_anonymous_volumes(run,
     assert p.returncode == 125 and p.stderr == "labtool: cannot mount a file onto the directory /bin\n"
     assert set(os.listdir(top)) == containers_before
     assert volume_names(run) == volumes_before
+
+
+def test_a_volume_on_etc_keeps_the_containers_hostname(run, names):
+    # labtool's /etc/hostname, hosts and resolv.conf go on after the user's mounts, as in Docker
+    name, volume = names("etc"), names("etcvol")
+    p = run("run", "--name", name, "--hostname", "lab-host", "-v", f"{volume}:/etc", "busybox",
+            "sh", "-c", "cat /etc/hostname; grep -c lab-host /etc/hosts")
+    run("rm", "-f", name)
+    run("volume", "rm", volume)
+    assert p.stdout.split() == ["lab-host", "1"], p.stderr
