@@ -48,6 +48,8 @@ def _parser():
     ex.add_argument("--workdir", "-w", default="", help="working directory inside the container")
     ex.add_argument("--user", "-u", default="", metavar="USER[:GROUP]")
     ex.add_argument("--explain", action="store_true", help="narrate every kernel action on stderr")
+    ex.add_argument("--interactive", "-i", action="store_true", help="keep stdin open (attach yours)")
+    ex.add_argument("--tty", "-t", action="store_true", help="a pseudo-terminal for the command")
     ex.add_argument("container")
     ex.add_argument("args", nargs=argparse.REMAINDER, metavar="CMD")
 
@@ -429,7 +431,8 @@ def cmd_exec(a):
     _needs_root("labtool exec")
     if not a.args:
         raise UsageError("exec needs a command: labtool exec CONTAINER CMD...")
-    return runtime.exec_in(a.container, a.args, _env(a.env), a.workdir, a.user, a.explain)
+    return runtime.exec_in(a.container, a.args, _env(a.env), a.workdir, a.user, a.explain,
+                           interactive=a.interactive, tty=a.tty)
 
 
 def cmd_images(a):

@@ -351,13 +351,17 @@ def _controlling_terminal():
 
 
 def _make_console(c):
+    _send_console(c.console_fd)
+
+
+def _send_console(console_fd):
     """-t: a pseudo-terminal from the container's *own* /dev/pts (so that ``tty`` says
     /dev/pts/0 inside), its controlling end handed to the supervisor over a unix socket
     (SCM_RIGHTS, man 7 unix), as runc does with its --console-socket."""
     explain.say("chroot", "openpty() in the container's /dev/pts; send the master to the supervisor",
                 "-t: a terminal of the container's own")
     master, slave = os.openpty()
-    with socket.socket(fileno=c.console_fd) as sock:
+    with socket.socket(fileno=console_fd) as sock:
         socket.send_fds(sock, [b"pty"], [master])
     os.close(master)
     for fd in (0, 1, 2):
@@ -413,8 +417,12 @@ def _lookup(command, path):
     raise CommandNotFound(f'exec: "{command}": executable file not found in $PATH')
 
 
-def exec_in(name, argv, env=(), cwd="", user="", explain_it=False):
-    """``labtool exec``: run a command inside a running container (setns, then fork)."""
+def exec_in(name, argv, env=(), cwd="", user="", explain_it=False, interactive=False, tty=False):
+    """``labtool exec``: run a command inside a running container (setns, then fork).
+
+    Without ``interactive`` (-i) its stdin is /dev/null, as in Docker; with ``tty`` (-t) it
+    gets a terminal from the container's /dev/pts, which we relay to ours.
+    """
     explain.enabled = explain_it
     record, target = containers.find_running(name)
     spec = record.config
@@ -422,6 +430,7 @@ def exec_in(name, argv, env=(), cwd="", user="", explain_it=False):
     full_env = environment(image, spec["process"]["env"], "") if image else {}
     full_env.update(item.partition("=")[::2] for item in env)
     errors_r, errors_w = os.pipe2(os.O_CLOEXEC)
+    ours, theirs = socket.socketpair() if tty else (None, None)
     pid_ns = f"/proc/{target}/ns/pid"
     same_pid_ns = os.readlink(pid_ns) == os.readlink("/proc/self/ns/pid")
     cgroup = cgroups.find(record.id) if "cgroups" in [s.name for s in active_steps(spec["upto"])] else None
@@ -433,12 +442,24 @@ def exec_in(name, argv, env=(), cwd="", user="", explain_it=False):
             if cgroup:
                 cgroup.add(os.getpid())     # a pid of the container's PID namespace: ours now
             namespaces.join(target)                 # mnt last: we land in the container's root
+            if not interactive:
+                null = os.open("/dev/null", os.O_RDONLY)
+                os.dup2(null, 0)
+                os.close(null)
+            if tty:
+                ours.close()
+                _send_console(theirs.detach())
             full_env.setdefault("HOSTNAME", os.uname().nodename)   # the container's, now
             exec_command(argv, full_env, cwd or spec["process"]["cwd"], user or spec["process"]["user"], errors_w)
         except BaseException as e:
             _report(errors_w, e, argv)
     os.close(errors_w)
     process.forward_signals(pid)   # like docker's sig-proxy
+    if tty:
+        from labtool.engine import supervisor
+
+        theirs.close()
+        supervisor.relay_terminal(pid, ours, interactive)
     _, status = os.waitpid(pid, 0)
     problem = os.read(errors_r, 4096).decode()
     os.close(errors_r)

@@ -296,3 +296,13 @@ def test_run_it_gives_a_shell_prompt_and_ctrl_d_ends_it():
         time.sleep(0.05)
     os.close(fd)
     assert b"/ # " in out and b"hi-42" in out
+
+
+def test_exec_i_and_t(run, names):
+    name = names("exec")
+    run("run", "-d", "--name", name, "busybox", "sleep", "30")
+    assert run("exec", "-i", name, "sh", input="echo from-stdin\n").stdout == "from-stdin\n"
+    assert run("exec", name, "sh", input="echo ignored\n").stdout == ""      # no -i: no stdin, as docker
+    p = run("exec", "-t", name, "sh", "-c", "tty; stty size")
+    assert p.stdout.replace("\r", "") == "/dev/pts/0\n24 80\n"
+    assert run("exec", name, "sh", "-c", "exit 5").returncode == 5

@@ -316,6 +316,59 @@ def _detach():
     return 0
 
 
+def relay_terminal(pid, console, interactive):
+    """``exec -t``: receive the terminal the process made (on ``console``), then copy it to
+    our stdout, and our stdin to it with -i, until the process ends."""
+    with console:
+        _, fds, _, _ = socket.recv_fds(console, 16, 1)
+    if not fds:
+        return                                   # it failed before: its error follows
+    master = fds[0]
+    _set_window_size(master, 0 if os.isatty(0) else None)
+    raw = _RawTerminal() if (interactive and os.isatty(0)) else None
+    sel = selectors.DefaultSelector()
+    sel.register(master, selectors.EVENT_READ, "out")
+    if interactive:
+        sel.register(0, selectors.EVENT_READ, "in")
+    pidfd = os.pidfd_open(pid)
+    sel.register(pidfd, selectors.EVENT_READ, "exit")
+    try:
+        done = False
+        while not done:
+            for key, _ in sel.select():
+                if key.data == "out":
+                    data = _read(master)
+                    if data:
+                        _write_all(1, data)
+                    else:
+                        sel.unregister(master)
+                elif key.data == "in":
+                    data = _read(0)
+                    if data:
+                        _write_all(master, data)
+                    else:
+                        sel.unregister(0)
+                        _write_all(master, b"\x04")
+                else:
+                    done = True
+        os.set_blocking(master, False)
+        while data := _read_nonblocking(master):
+            _write_all(1, data)
+    finally:
+        if raw:
+            raw.restore()
+        sel.close()
+        os.close(pidfd)
+        os.close(master)
+
+
+def _read_nonblocking(fd):
+    try:
+        return os.read(fd, 65536)
+    except (BlockingIOError, OSError):
+        return b""
+
+
 # --- the entry points ------------------------------------------------------------------
 
 def run_attached(spec):
