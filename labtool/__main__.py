@@ -1,7 +1,7 @@
-"""``python -m labtool ...`` is the same as the ``labtool`` command."""
+"""``python -m labtool ...`` is the same as the ``labtool`` command (``client.py``)."""
 
 import sys
 
-from labtool.cli import main
+from labtool.client import main
 
 sys.exit(main())

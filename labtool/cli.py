@@ -153,8 +153,9 @@ def _lifecycle_commands(sub):
     rename.add_argument("container")
     rename.add_argument("new_name")
     sub.add_parser("top", help="the processes of a container").add_argument("container")
-    system = sub.add_parser("system", help="system boot: start containers whose restart policy says so")
-    system.add_argument("action", choices=["boot"])
+    system = sub.add_parser("system", help="boot: start containers whose restart policy says so; "
+                                           "stop-daemon: stop the labtool daemon")
+    system.add_argument("action", choices=["boot", "stop-daemon"])
 
 
 def _storage_flags(run):
@@ -405,9 +406,13 @@ def cmd_ps(a):
 
 
 def cmd_system(a):
-    from labtool.engine import lifecycle
+    from labtool.engine import daemon, lifecycle
 
-    _needs_root("labtool system boot")
+    _needs_root(f"labtool system {a.action}")
+    if a.action == "stop-daemon":
+        if daemon.stop_running():
+            print("stopped the labtool daemon")
+        return 0
     for name in lifecycle.boot():
         print(f"started {name}")
     return 0
@@ -596,9 +601,12 @@ COMMANDS.update({"rm": cmd_rm, "diff": cmd_diff, "commit": cmd_commit, "info": c
                  "volume": cmd_volume})
 
 
+PARSER = None          # the labtool daemon builds the parser once, before it forks workers
+
+
 def main(argv=None):
     try:
-        a = _parser().parse_args(argv)
+        a = (PARSER or _parser()).parse_args(argv)
         if not a.command:
             _parser().print_help()
             return 0

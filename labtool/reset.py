@@ -122,7 +122,10 @@ def _remove_iptables_chain(table, chain):
 
 def reset(images=False):
     """Remove everything; return one line per thing removed."""
-    said = _kill_containers()
+    from labtool.engine import daemon
+
+    said = ["stopped the labtool daemon"] if daemon.stop_running() else []
+    said += _kill_containers()
     for top in (paths.lib_dir(), paths.run_dir()):
         if os.path.isdir(top):
             n = mounts.unmount_under(top)

@@ -86,6 +86,7 @@ class Container:
     errors_r: int = -1                # the child reports here why its command did not start
     exec_error: str = ""              # what it reported ("" once the exec worked)
     console_fd: int = -1              # -t: a unix socket on which the child sends its terminal
+    console_size: tuple = (24, 80)    # -t: its rows and columns
 
 
 def new_container(spec):
@@ -351,16 +352,29 @@ def _controlling_terminal():
 
 
 def _make_console(c):
-    _send_console(c.console_fd)
+    _send_console(c.console_fd, c.console_size)
 
 
-def _send_console(console_fd):
+def terminal_size(fd=0):
+    """(rows, columns) of the terminal on ``fd``, or 24 x 80 when it is not one."""
+    try:
+        size = os.get_terminal_size(fd)
+        return size.lines, size.columns
+    except OSError:
+        return 24, 80
+
+
+def _send_console(console_fd, size=(24, 80)):
     """-t: a pseudo-terminal from the container's *own* /dev/pts (so that ``tty`` says
     /dev/pts/0 inside), its controlling end handed to the supervisor over a unix socket
     (SCM_RIGHTS, man 7 unix), as runc does with its --console-socket."""
     explain.say("chroot", "openpty() in the container's /dev/pts; send the master to the supervisor",
                 "-t: a terminal of the container's own")
     master, slave = os.openpty()
+    import struct
+
+    # its size first: the command may ask for it (stty size) before the supervisor could set it
+    fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", size[0], size[1], 0, 0))
     with socket.socket(fileno=console_fd) as sock:
         socket.send_fds(sock, [b"pty"], [master])
     os.close(master)
@@ -431,6 +445,7 @@ def exec_in(name, argv, env=(), cwd="", user="", explain_it=False, interactive=F
     full_env.update(item.partition("=")[::2] for item in env)
     errors_r, errors_w = os.pipe2(os.O_CLOEXEC)
     ours, theirs = socket.socketpair() if tty else (None, None)
+    size = terminal_size(0)
     pid_ns = f"/proc/{target}/ns/pid"
     same_pid_ns = os.readlink(pid_ns) == os.readlink("/proc/self/ns/pid")
     cgroup = cgroups.find(record.id) if "cgroups" in [s.name for s in active_steps(spec["upto"])] else None
@@ -448,7 +463,7 @@ def exec_in(name, argv, env=(), cwd="", user="", explain_it=False, interactive=F
                 os.close(null)
             if tty:
                 ours.close()
-                _send_console(theirs.detach())
+                _send_console(theirs.detach(), size)
             full_env.setdefault("HOSTNAME", os.uname().nodename)   # the container's, now
             exec_command(argv, full_env, cwd or spec["process"]["cwd"], user or spec["process"]["user"], errors_w)
         except BaseException as e:

@@ -82,7 +82,8 @@ def _runs_labtool(pid):
 def _mounts():
     with open("/proc/self/mountinfo") as f:
         found = {(line.split()[4], line.split(" - ")[1].split()[0]) for line in f}
-    return sorted(m for m in found if "/lib/containers/" not in m[0] or _is_ours(m[0]))
+    containers = ("/lib/containers/", "/labtool/containers/")      # a test root's, or /var/lib/labtool's
+    return sorted(m for m in found if not any(c in m[0] for c in containers) or _is_ours(m[0]))
 
 
 def _cgroups():
@@ -91,7 +92,8 @@ def _cgroups():
         tops = [line.split()[4] for line in f if line.split(" - ")[1].split()[0] in ("cgroup", "cgroup2")]
     for top in tops:
         for dirpath, dirs, _ in os.walk(top):
-            if "labtool" in dirpath and not _held_by_another_run(dirpath):
+            # (the shared parent, <controller>/labtool, comes and goes with everyone's containers)
+            if "labtool" in dirpath and os.path.basename(dirpath) != "labtool" and not _held_by_another_run(dirpath):
                 found.add(dirpath)
     return sorted(found)
 
@@ -157,6 +159,10 @@ def host_state_diff(before, after):
             left = sorted(after[key] - before[key])
             if left:
                 problems.append(f"processes left running: {left}")
+        elif key == "cgroups":             # only what is new: containers of other runs may end meanwhile
+            added = [x for x in after[key] if x not in before[key]]
+            if added:
+                problems.append(f"cgroups left: {added}")
         elif before[key] != after[key]:
             added = [x for x in after[key] if x not in before[key]] if isinstance(after[key], list) else after[key]
             gone = [x for x in before[key] if x not in after[key]] if isinstance(before[key], list) else before[key]
@@ -173,6 +179,7 @@ def labtool_root(tmp_path_factory):
     made = labtool("run", "--rm", "busybox", "true")   # the base image, made once for the run
     assert made.returncode == 0, made.stderr
     yield root
+    labtool("system", "stop-daemon")                # the run's labtool daemon goes with it
     problems = host_state_diff(before, host_state())
     if problems:   # fail, but first take it down the way a user would
         problems.append("labtool reset said: " + labtool("reset").stdout.strip().replace("\n", "; "))

@@ -164,8 +164,7 @@ class Supervisor:
         self.console = None
         if not fds:                                  # the child failed before: its error follows
             return ours, None
-        master = fds[0]
-        _set_window_size(master, 0 if (self.attached and os.isatty(0)) else None)
+        master = fds[0]                          # (the container set its size already)
         return {master: "stdout"}, (master if (self.attached and self.c.spec.interactive) else None)
 
     def _stdio(self):
@@ -175,6 +174,7 @@ class Supervisor:
             # the container makes its terminal in its own /dev/pts and sends us the master
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             c.console_fd = theirs.detach()
+            c.console_size = runtime.terminal_size(0) if self.attached else (24, 80)
             self.console = ours
             null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
             return {}, (null, null, null), None
@@ -324,7 +324,6 @@ def relay_terminal(pid, console, interactive):
     if not fds:
         return                                   # it failed before: its error follows
     master = fds[0]
-    _set_window_size(master, 0 if os.isatty(0) else None)
     raw = _RawTerminal() if (interactive and os.isatty(0)) else None
     sel = selectors.DefaultSelector()
     sel.register(master, selectors.EVENT_READ, "out")

@@ -1,0 +1,244 @@
+"""The labtool daemon: a warm process that runs labtool commands for the client.
+
+Like dockerd, it listens on a unix socket that only root may use
+(``/run/labtool/labtoold.sock``). For each request it forks a *worker*: the fork has
+every module loaded and the command-line parser built, so the command starts at once.
+The worker takes the client's stdin, stdout and stderr, directory and environment,
+runs ``labtool.cli.main`` and exits; the daemon sends its exit code to the client. If
+the client disappears (killed), the daemon kills its worker: a ``labtool run`` killed
+with -9 takes its container along, as without the daemon.
+
+A detached container's supervisor is a fork of a worker, so all supervisors share the
+daemon's memory pages (copy-on-write): an idle one costs little. ``gc.freeze()`` keeps
+the garbage collector from touching (and so copying) those pages in the children.
+
+The daemon exits after ten idle minutes, when its code changes on disk (it answers
+"stale" and the client runs the command itself), and with ``labtool reset``.
+"""
+
+import fcntl
+import gc
+import json
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+
+from labtool import client, paths
+
+IDLE_EXIT = 600.0
+
+
+def code_stamp():
+    """Changes when any labtool module changes: a daemon must not run yesterday's code."""
+    stamp = 0
+    for dirpath, _dirs, files in os.walk(client.package_dir()):
+        for name in files:
+            if name.endswith(".py"):
+                stamp = max(stamp, os.stat(os.path.join(dirpath, name)).st_mtime_ns)
+    return stamp
+
+
+def pid_path():
+    return os.path.join(paths.run_dir(), "labtoold.pid")
+
+
+def stop_running(timeout=5.0):
+    """Stop this root's daemon, if one runs (``labtool reset``, ``system stop-daemon``)."""
+    try:
+        with open(pid_path()) as f:
+            pid = int(f.read())
+        os.kill(pid, signal.SIGTERM)
+    except (OSError, ValueError):
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.01)
+    return True
+
+
+def serve():
+    os.makedirs(paths.run_dir(), mode=0o700, exist_ok=True)
+    lock = os.open(os.path.join(paths.run_dir(), "labtoold.lock"), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return 0                                  # another daemon serves this root already
+    path = client.socket_path()
+    if os.path.exists(path):
+        os.unlink(path)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    old_umask = os.umask(0o077)                   # the socket: root only, like docker.sock
+    listener.bind(path)
+    os.umask(old_umask)
+    listener.listen(64)
+    with open(pid_path(), "w") as f:
+        f.write(str(os.getpid()))
+    _warm_up()
+    Daemon(listener, path).loop()
+    return 0
+
+
+def _warm_up():
+    """Load what commands need, once, before any fork (then every worker has it)."""
+    from labtool import cgroups, changes, cli, info, runtime, volumes  # noqa: F401
+    from labtool.engine import lifecycle, logs, names, ps, supervisor  # noqa: F401
+
+    try:
+        cgroups.backend()                         # imports this machine's cgroup backend
+    except Exception:                             # noqa: BLE001 - a command will say what is wrong
+        pass
+    cli.PARSER = cli._parser()
+    for argv in (["run", "--rm", "-d", "-e", "A=1", "busybox", "true"], ["ps", "-a"], ["logs", "x"]):
+        cli.PARSER.parse_args(argv)               # argparse compiles its regular expressions once
+    gc.freeze()
+
+
+class Daemon:
+    def __init__(self, listener, path):
+        self.listener = listener
+        self.path = path
+        self.stamp = code_stamp()
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(listener, selectors.EVENT_READ, ("accept", None))
+        self.workers = {}                         # pidfd -> (pid, connection)
+        self.last_activity = time.monotonic()
+        self.stopping = False
+
+    def loop(self):
+        signal.signal(signal.SIGTERM, lambda *_: self.stop())
+        while not (self.stopping and not self.workers):
+            for key, _ in self.sel.select(timeout=1):
+                kind, data = key.data
+                if kind == "accept":
+                    self.accept()
+                elif kind == "exit":
+                    self.reap(key.fd)
+                elif kind == "client":
+                    self.client_gone(data)
+            if not self.workers and time.monotonic() - self.last_activity > IDLE_EXIT:
+                self.stop()
+        self.close()
+
+    def stop(self):
+        """No new clients (the socket's name goes first), and those already waiting in the
+        listen queue are told to run their command themselves."""
+        if not self.stopping:
+            self.stopping = True
+            if os.path.exists(self.path):
+                os.unlink(self.path)
+            self.sel.unregister(self.listener)
+            self.listener.setblocking(False)
+            while True:
+                try:
+                    conn, _ = self.listener.accept()
+                except BlockingIOError:
+                    break
+                with conn:
+                    try:
+                        conn.send(b"stale")
+                    except OSError:
+                        pass
+            self.listener.close()
+
+    def close(self):
+        try:
+            os.unlink(pid_path())
+        except FileNotFoundError:
+            pass
+
+    def accept(self):
+        conn, _ = self.listener.accept()
+        self.last_activity = time.monotonic()
+        try:
+            message, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
+            request = json.loads(message)
+        except (OSError, ValueError):
+            conn.close()
+            return
+        if request.get("package") != client.package_dir() or code_stamp() != self.stamp:
+            conn.send(b"stale")
+            conn.close()
+            for fd in fds:
+                os.close(fd)
+            self.stop()                           # the next client starts a fresh daemon
+            return
+        pid = os.fork()
+        if pid == 0:
+            self.become_worker(conn, fds, request)
+        for fd in fds:
+            os.close(fd)
+        pidfd = os.pidfd_open(pid)
+        self.workers[pidfd] = (pid, conn)
+        self.sel.register(pidfd, selectors.EVENT_READ, ("exit", None))
+        self.sel.register(conn, selectors.EVENT_READ, ("client", pidfd))
+        conn.send(f"pid {pid}".encode())
+
+    def become_worker(self, conn, fds, request):
+        code = 125
+        try:
+            self.sel.close()
+            self.listener.close()
+            for pidfd, (_, other) in self.workers.items():
+                os.close(pidfd)
+                other.close()
+            conn.close()
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            for target, fd in enumerate(fds):
+                os.dup2(fd, target)
+                os.close(fd)
+            os.chdir(request["cwd"])
+            os.environ.clear()
+            os.environ.update(request["env"])
+            sys.argv = ["labtool", *request["argv"]]
+            sys.stdin = open(0, closefd=False)
+            sys.stdout = open(1, "w", closefd=False)
+            sys.stderr = open(2, "w", closefd=False)
+            from labtool import cli
+
+            code = cli.main(request["argv"])
+        except SystemExit as e:                   # argparse --help
+            code = e.code if isinstance(e.code, int) else 0
+        except BaseException as e:                # noqa: BLE001 - one line, never a traceback
+            print(f"labtool: {type(e).__name__}: {e}", file=sys.stderr)
+        finally:
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(code if isinstance(code, int) else 125)
+
+    def reap(self, pidfd):
+        pid, conn = self.workers.pop(pidfd)
+        self.sel.unregister(pidfd)
+        if conn.fileno() in self.sel.get_map():
+            self.sel.unregister(conn)
+        os.close(pidfd)
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        code = code if code >= 0 else 128 - code
+        try:
+            conn.send(f"exit {code}".encode())
+        except OSError:
+            pass
+        conn.close()
+        self.last_activity = time.monotonic()
+
+    def client_gone(self, pidfd):
+        """The client closed its end (it was killed): its command dies too."""
+        pid, conn = self.workers[pidfd]
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.sel.unregister(conn)                 # (reap() comes when the worker is gone)
+
+
+if __name__ == "__main__":
+    sys.exit(serve())
