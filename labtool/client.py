@@ -23,18 +23,15 @@ import signal
 import socket
 import sys
 
+from labtool import paths
+
 IN_PROCESS = {"reset", "system", "notebooks"}
 RELAYED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH, signal.SIGUSR1,
            signal.SIGUSR2)
 
 
-def run_dir():
-    root = os.environ.get("LABTOOL_ROOT")
-    return os.path.join(root, "run") if root else "/run/labtool"
-
-
 def socket_path():
-    return os.path.join(run_dir(), "labtoold.sock")
+    return os.path.join(paths.run_dir(), "labtoold.sock")
 
 
 def package_dir():
@@ -83,7 +80,7 @@ def connect(start=True):
 
 def start_daemon():
     """Start ``python -m labtool.engine.daemon`` in the background (it leaves our session)."""
-    os.makedirs(run_dir(), mode=0o700, exist_ok=True)
+    os.makedirs(paths.run_dir(), mode=0o700, exist_ok=True)
     pid = os.fork()
     if pid:
         os.waitpid(pid, 0)
