@@ -895,3 +895,226 @@ def volume_mailbox(command):
         drop_mailbox()
     _ok("A second container reads hello from mailbox's letter: the volume outlived the container "
         "that wrote it: correct")
+
+
+# --- 00-overview -----------------------------------------------------------------------
+
+def _log_times(name, tail=40):
+    """The arrival times (seconds since the epoch) of the last lines of ``labtool logs -t NAME``."""
+    import datetime
+
+    times = []
+    for line in _labtool_quiet("logs", "-t", "--tail", str(tail), name).out.splitlines():
+        stamp = line.split(" ", 1)[0]
+        match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?Z", stamp)
+        if match:
+            moment = datetime.datetime.strptime(match.group(1), "%Y-%m-%dT%H:%M:%S")
+            fraction = float("0." + (match.group(2) or "0"))
+            times.append(moment.replace(tzinfo=datetime.timezone.utc).timestamp() + fraction)
+    return times
+
+
+def ticker_runs(command):
+    """Exercise "a ticker": ``command`` starts a detached container named ticker that prints
+    a line every 0.2 seconds; ps shows it up, and its log grows at that pace."""
+    example = "labtool run -d --name ticker busybox sh -c '...'"
+    _container_command(command, example)
+    _labtool_quiet("rm", "-f", "ticker")            # left by an earlier try (its cell, or this check)
+    before = {r.id for r in containers.all_records()}
+    try:
+        try:
+            r = notebook.sh(command, quiet=True, timeout=8)
+        except subprocess.TimeoutExpired:
+            _fail("your command did not return within 8 seconds: it stayed attached to its container",
+                  "-d (--detach) starts the container in the background, prints its id and returns")
+        if r.code != 0:
+            _fail(f"your command failed (exit code {r.code}): {_last_line(r)}",
+                  "run it in a cell with sh(...) and read the error")
+        try:
+            record = containers.find("ticker")
+        except LabtoolError:
+            made = [rec.name for rec in containers.all_records() if rec.id not in before]
+            called = f" (yours is called {made[0]})" if made else ""
+            _fail(f"there is no container named ticker{called}", "give it the name with --name ticker")
+        time.sleep(1.2)                                  # let it tick a few times
+        record = containers.load(record.id)
+        if record.status != "running":
+            hint = ("a container lives as long as its command: repeat the echo in a loop, "
+                    "while true; do echo tick; sleep 0.2; done")
+            if not re.fullmatch(r"[0-9a-f]{64}", r.out.strip()):
+                hint += "; and start it with -d, so that labtool returns while it runs"
+            _fail(f"your ticker is not running ({record.status}, exit code {record.state.get('ExitCode')})", hint)
+        rows = _labtool_quiet("ps", "-f", "name=ticker").out.splitlines()[1:]
+        if not any(row.split()[-1] == "ticker" and " Up " in row for row in rows):
+            _fail("labtool ps does not list ticker as Up", "is it the container of your command? (labtool ps -a)")
+        times = _log_times("ticker")
+        if len(times) < 2:
+            _fail(f"your ticker printed {len(times)} line(s) in more than a second",
+                  "print a line in each round of the loop (echo tick) and sleep 0.2 between two")
+        gaps = sorted(b - a for a, b in zip(times, times[1:]))
+        gap = gaps[len(gaps) // 2]
+        if gap < 0.1:
+            _fail(f"your ticker prints a line every {gap * 1000:.0f} ms: too fast",
+                  "sleep 0.2 between two lines (busybox's sleep takes fractions of a second)")
+        if gap > 0.4:
+            _fail(f"your ticker prints a line every {gap:.1f} s: too slow", "sleep 0.2, not longer")
+    finally:
+        _labtool_quiet("rm", "-f", "ticker")
+        _remove_made(command, before)
+    _ok("ticker ran detached, labtool ps listed it as Up, and its log grew by a line about every 0.2 s: correct")
+
+
+def _settled(record):
+    """True once the supervisor is done with a container: it stopped, and its restart policy
+    will not start it again (the supervisor may linger a moment after deciding so)."""
+    from labtool.engine import supervisor
+
+    if record.status not in ("exited", "dead", "created"):
+        return False
+    state = record.state
+    return not record.supervisor_pid or not supervisor.should_restart(
+        record.config.get("restart", "no"), state.get("ExitCode", 0), state.get("RestartCount", 0), state)
+
+
+def restarted_twice(command):
+    """Exercise "crash, and be restarted twice": ``command`` makes a container whose command
+    fails; labtool restarts it exactly twice, then leaves it exited."""
+    example = "labtool run -d --restart ... busybox sh -c '...'"
+    _container_command(command, example)
+    before = {r.id for r in containers.all_records()}
+    try:
+        try:
+            r = notebook.sh(command, quiet=True, timeout=15)
+        except subprocess.TimeoutExpired:
+            _fail("your command did not return within 15 seconds",
+                  "its container's command should fail at once, e.g. sh -c 'exit 1'; -d returns at once anyway")
+        made = _made_by(command, before)
+        if r.code == 125 or not made:
+            hint = "run it in a cell with sh(...) and read the error"
+            if "--rm" in r.err:
+                hint = "--rm removes the container when it exits, so it cannot be restarted: leave --rm out"
+            _fail(f"your command made no container: {_last_line(r)}", hint)
+        cid = made[-1].id
+        record = containers.wait_for(cid, lambda x: x.state.get("RestartCount", 0) > 2 or _settled(x), 10)
+    finally:
+        _remove_made(command, before)
+    if record is None:
+        _fail("your container was removed before it was done", "leave out --rm")
+    count, code = record.state.get("RestartCount", 0), record.state.get("ExitCode", 0)
+    policy = record.config.get("restart", "no")
+    if count == 2 and record.status == "exited" and code != 0:
+        _ok(f"Your container failed ({code}), was restarted twice (RestartCount 2) and then left exited: "
+            "three runs in all: correct")
+        return
+    if count > 2:
+        hint = "on-failure:N restarts a failing container N times at most"
+        if policy.startswith(("always", "unless-stopped")):
+            hint = f"--restart {policy} restarts it again and again, without end: " + hint
+        elif policy == "on-failure":
+            hint = "on-failure without a count has no end either: " + hint
+        _fail(f"your container was restarted more than twice (RestartCount {count} when the check stopped "
+              "watching)", hint)
+    if record.status not in ("exited", "dead"):
+        _fail(f"after 10 seconds your container is still {record.status}",
+              "its command should fail at once, like sh -c 'exit 1', not run for a while")
+    if code == 0:
+        _fail("your container's command succeeded (exit code 0): on-failure does not restart success",
+              "make the command fail: sh -c 'exit 1'")
+    if count == 0:
+        _fail(f"your container failed (exit code {code}) and was never restarted (policy: {policy})",
+              "ask for it: --restart on-failure:2")
+    _fail(f"your container was restarted {count} time(s), not twice", "on-failure:N restarts it N times at most")
+
+
+def _signal_name(answer):
+    """A learner's answer as "SIGKILL", or None; a number is refused (a name is asked for)."""
+    if answer is None:
+        return None
+    if isinstance(answer, signal.Signals):
+        return answer.name
+    if isinstance(answer, str):
+        name = answer.strip().upper()
+        return name if name.startswith("SIG") else "SIG" + name
+    _fail(f"your function returned {answer!r}", "return a signal's name, like 'SIGKILL', or None")
+
+
+def names_the_signal(func):
+    """Exercise "which signal was it?": ``func(exit_code)`` names the signal that ended a
+    container ("SIGKILL" for 137), or returns None when the command exited by itself."""
+    import random
+
+    if not callable(func):
+        _fail(f"{func!r} is not a function", "define it with def signal_of(exit_code): ...")
+    chosen = [signal.SIGKILL] + random.sample([signal.SIGTERM, signal.SIGHUP, signal.SIGINT,
+                                               signal.SIGUSR1, signal.SIGUSR2], 2)
+    names = [f"check-signal-{i}" for i in range(len(chosen))]
+    _labtool_quiet("rm", "-f", *names)
+    cases = []                                       # (what happened, its exit code, the right answer)
+    try:
+        for name in names:                           # --init: the signal reaches sleep, not a PID 1
+            r = _labtool_quiet("run", "-d", "--init", "--name", name, "busybox", "sleep", "30")
+            if r.code != 0:
+                raise RuntimeError(_last_line(r))
+        for name, sig in zip(names, chosen):
+            _labtool_quiet("kill", "-s", sig.name, name)
+            code = int(_labtool_quiet("wait", name).out.split()[0])
+            cases.append((f"labtool kill -s {sig.name[3:]}", code, sig.name))
+        plain = random.choice([0, 1, 2, 42])
+        r = _labtool_quiet("run", "--rm", "busybox", "sh", "-c", f"exit {plain}")
+        cases.append((f"sh -c 'exit {plain}'", r.code, None))
+    except (RuntimeError, ValueError, IndexError) as e:
+        _fail(f"the check could not run its containers: {e}", "does labtool run --rm busybox true work?")
+    finally:
+        _labtool_quiet("rm", "-f", *names)
+    for what, code, right in cases:
+        try:
+            answer = func(code)
+        except Exception as e:
+            _fail(f"signal_of({code}) raised {type(e).__name__}: {e}",
+                  "a code above 128 is 128 + the signal's number: signal.Signals(number).name names it")
+        got = _signal_name(answer)
+        if got == right:
+            continue
+        if right is None:
+            _fail(f"signal_of({code}) says {got}, but that container ran {what} and ended by itself",
+                  "an exit code of 128 or less is the command's own: return None")
+        number = code - 128
+        _fail(f"a container ended by {what} exited with {code}; signal_of({code}) says {got}, not {right}",
+              f"{code} = 128 + {number}: the shell's convention (kept by Docker) for a command killed by "
+              f"signal {number}; signal.Signals({number}).name is '{right}'")
+    shown = ", ".join(f"{code} -> {right}" for _, code, right in cases[:1])
+    _ok(f"Your function named the signal of {len(cases) - 1} killed containers ({shown} among them) "
+        "and said None for one that exited by itself: correct")
+
+
+def entrypoint_env(command):
+    """Exercise "env as the entrypoint": ``command`` runs busybox with its entrypoint
+    replaced by env, and GREETING=hello in the container's environment."""
+    example = "labtool run --rm --entrypoint ... busybox"
+    _container_command(command, example)
+    try:
+        words = shlex.split(command)
+    except ValueError as e:
+        _fail(f"your command cannot be read: {e}", "every quote you open must be closed")
+    if not any(w == "--entrypoint" or w.startswith("--entrypoint=") for w in words):
+        _fail("your command does not replace the entrypoint",
+              "--entrypoint PROGRAM (before the image's name) runs PROGRAM in place of the image's ENTRYPOINT")
+    before = {r.id for r in containers.all_records()}
+    try:
+        r = _run_answer(command)
+    finally:
+        _remove_made(command, before)
+    if r.code != 0:
+        _fail(f"your container failed (exit code {r.code}): {_last_line(r)}",
+              "run it in a cell with sh(...) and read the error")
+    lines = [line for line in r.out.splitlines() if line]
+    if not lines or not any(line.startswith("PATH=") for line in lines) or not all("=" in line for line in lines):
+        first = lines[0] if lines else "nothing"
+        _fail(f"your container printed {first!r}..., not its environment",
+              "the program env prints every variable of its environment, one NAME=value a line: "
+              "--entrypoint env")
+    if "GREETING=hello" not in lines:
+        _fail("GREETING=hello is not in your container's environment",
+              "-e GREETING=hello (--env) sets it; flags go before the image's name")
+    _ok("Your container ran env in place of the image's command, and GREETING=hello is in its "
+        "environment: correct")

@@ -207,8 +207,6 @@ def _env(flags):
 
 def _spec(a):
     """The ContainerSpec that the flags of ``run`` / ``create`` describe."""
-    import shlex
-
     from labtool import mounts
     from labtool.spec import ContainerSpec, Namespaces, Process
 
@@ -219,8 +217,8 @@ def _spec(a):
                          namespaces=Namespaces(pid=a.pid, ipc=a.ipc, uts=a.uts,
                                                user="private" if a.userns else "host"),
                          resources=_resources(a), tty=a.tty, interactive=a.interactive, restart=a.restart)
-    if a.entrypoint is not None:
-        spec.entrypoint = shlex.split(a.entrypoint)
+    if a.entrypoint is not None:       # one program, as in Docker ("" clears the image's)
+        spec.entrypoint = [a.entrypoint] if a.entrypoint else []
     spec.mounts = [mounts.parse_volume(v) for v in a.volume] + [mounts.parse_tmpfs(t) for t in a.tmpfs]
     spec.read_only, spec.volumes_from = a.read_only, a.volumes_from
     return spec

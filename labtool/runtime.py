@@ -179,10 +179,12 @@ def command_of(spec, image):
     return list(image.entrypoint) + (list(spec.process.args) or list(image.cmd))
 
 
-def environment(image, spec_env, hostname=""):
-    """The image's ENV, then HOSTNAME, then -e flags: later ones win."""
+def environment(image, spec_env, hostname="", user=""):
+    """The image's ENV, then HOSTNAME and HOME, then -e flags: later ones win."""
     env = {}
-    for item in list(image.env) + ([f"HOSTNAME={hostname}"] if hostname else []) + list(spec_env):
+    root = user.split(":")[0] in ("", "0", "root")
+    home = [f"HOME={'/root' if root else '/'}"]     # (Docker takes it from /etc/passwd: root's is /root)
+    for item in list(image.env) + ([f"HOSTNAME={hostname}"] if hostname else []) + home + list(spec_env):
         key, _, value = item.partition("=")
         env[key] = value
     return env
@@ -256,7 +258,7 @@ def _fork_and_release(c):
     argv = command_of(c.spec, c.image)
     if not argv:
         raise UsageError("no command given and the image has no CMD")
-    env = environment(c.image, c.spec.process.env, c.hostname)
+    env = environment(c.image, c.spec.process.env, c.hostname, c.spec.process.user)
     errors_r, errors_w = os.pipe2(os.O_CLOEXEC)   # closes by itself when exec succeeds
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
     go_r, go_w = os.pipe()

@@ -68,7 +68,11 @@ def _alive(pid, start_time):
     if not pid or pid <= 0:
         return 0
     try:
-        return pid if pid_start_time(pid) == (start_time or pid_start_time(pid)) else 0
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        if fields[0] in ("Z", "X"):               # ended; only its exit status waits to be read
+            return 0
+        return pid if int(fields[19]) == (start_time or int(fields[19])) else 0
     except (OSError, IndexError, ValueError):
         return 0
 
@@ -111,14 +115,17 @@ def state_path(container_id):
     return os.path.join(paths.container_dir(container_id), "state.json")
 
 
-def update_state(container_id, **changes):
+def update_state(container_id, decide=None, **changes):
     """Change some fields of a container's state.json (under its lock); return the new state.
-    A container directory that is gone (removed meanwhile) is left alone."""
+    ``decide(state)``, if given, returns more changes, decided on the state as it is under
+    the lock. A container directory that is gone (removed meanwhile) is left alone."""
     with lock(container_id):
         if not os.path.isdir(paths.container_dir(container_id)):
             return {}
         state = read_json(state_path(container_id))
         state.update(changes)
+        if decide:
+            state.update(decide(state))
         write_json(state_path(container_id), state)
         return state
 

@@ -81,13 +81,12 @@ def command_text(record, full=False):
 
 
 def matches(record, filters):
-    """``-f name=web`` (part of the name), ``-f status=exited``, ``-f id=4f1c``."""
-    for key, value in filters:
-        if key == "name" and value not in record.name:
-            return False
-        if key == "status" and record.status != value:
-            return False
-        if key == "id" and not record.id.startswith(value):
+    """``-f name=web`` (part of the name), ``-f status=exited``, ``-f id=4f1c``. As in Docker,
+    two values of one key are "either", different keys are "and"."""
+    tests = {"name": lambda v: v in record.name, "status": lambda v: record.status == v,
+             "id": lambda v: record.id.startswith(v)}
+    for key in {k for k, _ in filters}:
+        if not any(tests[key](v) for k, v in filters if k == key):
             return False
     return True
 

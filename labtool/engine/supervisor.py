@@ -83,12 +83,18 @@ class Supervisor:
         while True:
             began = time.monotonic()
             code = self.run_once()
-            # a command that never started leaves the container "created", as in Docker
+            # a command that never started leaves the container "created", as in Docker; and
+            # one that restarts goes straight to "restarting" (decided under the lock: a `stop`
+            # at this very moment is either seen here or sees "restarting")
             status = "exited" if self.started else "created"
-            state = containers.update_state(c.id, Status=status, ExitCode=code, FinishedAt=time.time(),
+
+            def decide(state):
+                if should_restart(c.spec.restart, code, state.get("RestartCount", 0), state):
+                    return {"Status": "restarting", "RestartCount": state.get("RestartCount", 0) + 1}
+                return {}
+            state = containers.update_state(c.id, decide, Status=status, ExitCode=code, FinishedAt=time.time(),
                                             OOMKilled=c.oom_killed, Error=str(self.error or ""), Pid=0)
-            restarts = state.get("RestartCount", 0)
-            if not state or not should_restart(c.spec.restart, code, restarts, state):
+            if state.get("Status") != "restarting":
                 break
             if self.attached:            # the caller gets its exit code; restarts go on detached
                 if _detach() != 0:
@@ -97,7 +103,6 @@ class Supervisor:
                 containers.update_state(c.id, SupervisorPid=os.getpid(),
                                         SupervisorStartTime=containers.pid_start_time(os.getpid()))
             delay = FIRST_DELAY if time.monotonic() - began >= GOOD_RUN else delay
-            containers.update_state(c.id, Status="restarting", RestartCount=restarts + 1)
             if not self._sleep(delay):
                 break
             delay = min(delay * 2, MAX_DELAY)
