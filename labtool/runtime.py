@@ -13,7 +13,10 @@ Every step module has the same small shape (each function is optional):
 
 The child itself is made by ``namespaces.fork_into``: a fork, in new namespaces when
 step 02 is on. It waits until the parent's ``started`` work is done, settles into its
-namespaces (``namespaces.settle``), runs the in-child work, and execs the command. The parent waits for it and hands its exit code back.
+namespaces (``namespaces.settle``), runs the in-child work, and execs the command; the very
+last thing before execve is ``capabilities.drop_privileges`` (step 06: everything before it, the
+mounts and pivot_root, still needs root's full power). The parent waits for it and hands its
+exit code back.
 """
 
 import fcntl
