@@ -29,7 +29,7 @@ import sys
 import textwrap
 import time
 
-from labtool import cgroups, namespaces, notebook
+from labtool import capabilities, cgroups, namespaces, notebook
 from labtool.cgroups import watch
 from labtool.engine import containers
 from labtool.errors import LabtoolError
@@ -1118,3 +1118,151 @@ def entrypoint_env(command):
               "-e GREETING=hello (--env) sets it; flags go before the image's name")
     _ok("Your container ran env in place of the image's command, and GREETING=hello is in its "
         "environment: correct")
+
+
+# --- 06-capabilities -------------------------------------------------------------------
+
+def _cap_name_set(answer):
+    """A learner's capability names, spelled any way ("chown", "CAP_CHOWN"), as {"CAP_CHOWN", ...};
+    None if ``answer`` is not a collection of strings."""
+    if isinstance(answer, str) or not hasattr(answer, "__iter__"):
+        return None
+    found = set()
+    for item in answer:
+        if not isinstance(item, str):
+            return None
+        found.add("CAP_" + item.strip().upper().removeprefix("CAP_"))
+    return found
+
+
+def _differ(expected, got):
+    missing, extra = sorted(expected - got), sorted(got - expected)
+    return "; ".join(filter(None, (missing and f"missing {', '.join(missing)}",
+                                   extra and f"not in it but given: {', '.join(extra)}")))
+
+
+def cap_names(func):
+    """Exercise "decode a mask": ``func(text)`` turns a mask as /proc/PID/status writes it
+    ("00000000a80425fb") into the names of its capabilities."""
+    if not callable(func):
+        _fail(f"{func!r} is not a function", "define it with def cap_names(text): ...")
+    cases = [("00000000a80425fb", "Docker's default set"), ("0000000000000000", "the empty set"),
+             ("0000000000200000", "one capability"), ("0000000000003000", "two neighbours"),
+             (f"{capabilities.host_bounding():016x}", "this host's bounding set"),
+             ("000001ffffffffff", "all 41")]
+    for text, what in cases:
+        try:
+            answer = func(text)
+        except Exception as e:
+            _fail(f"for {text!r} your function raised {type(e).__name__}: {e}",
+                  "int(text, 16) reads the hex digits; then bit N set means capability N")
+        got = _cap_name_set(answer)
+        if got is None:
+            _fail(f"for {text!r} ({what}) your function returned {answer!r}",
+                  "return a list or a set of names, like ['CAP_CHOWN', 'CAP_KILL']")
+        mask = int(text, 16)
+        expected = set(capabilities.names_of(mask))
+        if got != expected:
+            hint = "bit N of the number is capability number N of capabilities.CAPABILITIES (or man 7 capabilities)"
+            if got in (set(capabilities.names_of(mask << 1)), set(capabilities.names_of(mask >> 1))):
+                hint = "off by one: bit 0 (the value 1) is CAP_CHOWN, capability number 0"
+            _fail(f"{what} ({text}): {_differ(expected, got)}", hint)
+    _ok("Your function reads a capability mask the way the kernel writes it: correct")
+
+
+PREDICTION_CASES = [
+    ([], [], "", "the default"),
+    ([], ["NET_RAW"], "", "--cap-drop NET_RAW"),
+    (["net_admin"], ["ALL"], "", "--cap-drop ALL --cap-add net_admin"),
+    (["ALL"], ["SYS_ADMIN"], "", "--cap-add ALL --cap-drop SYS_ADMIN"),
+    (["CAP_CHOWN"], ["chown"], "", "--cap-drop chown --cap-add CAP_CHOWN"),
+    (["SYS_NICE"], [], "1000", "--cap-add SYS_NICE --user 1000"),
+]
+
+
+def predicted_caps(func):
+    """Exercise "predict the set": ``func(cap_add, cap_drop, user)`` returns the names in the
+    CapEff of a container's command; the check asks a real container each time."""
+    if not callable(func):
+        _fail(f"{func!r} is not a function", "define it with def effective_caps(cap_add, cap_drop, user=''): ...")
+    for add, drop, user, flags in PREDICTION_CASES:
+        words = [w for name in add for w in ("--cap-add", name)] + [w for name in drop for w in ("--cap-drop", name)]
+        words += ["--user", user] if user else []
+        r = notebook.labtool("run", "--rm", *words, "busybox", "grep", "CapEff", "/proc/self/status", quiet=True)
+        if r.code != 0:
+            raise RuntimeError(f"the check could not run its container ({flags}): {_last_error(r)}")
+        truth = set(capabilities.names_of(int(r.out.split()[1], 16)))
+        try:
+            answer = func(list(add), list(drop), user)
+        except Exception as e:
+            _fail(f"with {flags} your function raised {type(e).__name__}: {e}",
+                  "cap_add and cap_drop are lists of names as a user types them; user is '' or like '1000'")
+        got = _cap_name_set(answer)
+        if got is None:
+            _fail(f"with {flags} your function returned {answer!r}", "return a set of names, like {'CAP_CHOWN'}")
+        if got != truth:
+            hints = {
+                "the default": "with no flags a container gets Docker's 14: decode 00000000a80425fb",
+                "--cap-drop ALL --cap-add net_admin": "with --cap-drop ALL only what --cap-add names is left; "
+                                                      "names come in any case, with or without CAP_",
+                "--cap-add ALL --cap-drop SYS_ADMIN": "ALL means all this host has: its bounding set (CapBnd of "
+                                                      "this notebook's kernel in /proc/self/status), minus the drops",
+                "--cap-drop chown --cap-add CAP_CHOWN": "Docker drops first, then adds: an add wins",
+                "--cap-add SYS_NICE --user 1000": "a user other than root gets no effective capabilities, whatever "
+                                                  "--cap-add says: Docker fills no ambient set",
+            }
+            _fail(f"with {flags}: {_differ(truth, got)}", hints.get(flags, "drops come off the default set"))
+    _ok(f"Your function predicts the effective set of {len(PREDICTION_CASES)} containers, "
+        "--user and ALL included: correct")
+
+
+SMALLEST_TASK = "mknod /tmp/console c 5 1 && chown 1000:1000 /tmp/console && renice -n -5 $$"
+
+
+def _cap_flags(words):
+    """--cap-add X and --cap-drop X (or --cap-add=X) from a learner's words; anything else is refused."""
+    add, drop = [], []
+    i = 0
+    while i < len(words):
+        flag, _, value = words[i].partition("=")
+        if flag not in ("--cap-add", "--cap-drop"):
+            _fail(f"{words[i]!r} is not --cap-add or --cap-drop",
+                  "this exercise is about capabilities only: give --cap-add and --cap-drop flags")
+        if not value:
+            i += 1
+            if i == len(words):
+                _fail(f"{flag} at the end has no capability", f"write {flag} NAME")
+            value = words[i]
+        (add if flag == "--cap-add" else drop).append(value)
+        i += 1
+    return add, drop
+
+
+def smallest_caps(flags):
+    """Exercise "the smallest set": with ``flags`` (--cap-add / --cap-drop) a container runs
+    SMALLEST_TASK as root, and with any one of the capabilities it keeps taken away, it cannot."""
+    from labtool.spec import Capabilities
+
+    words = _flags(flags, "--cap-drop ALL --cap-add KILL")
+    add, drop = _cap_flags(words)
+    try:
+        kept = capabilities.plan(Capabilities(add, drop)).caps
+    except LabtoolError as e:
+        _fail(str(e), "names as man 7 capabilities writes them: MKNOD, CAP_CHOWN, net_admin ...")
+
+    def attempt(*cap_words):
+        return notebook.labtool("run", "--rm", *cap_words, "busybox", "sh", "-c", SMALLEST_TASK,
+                                quiet=True, timeout=30)
+
+    r = attempt(*words)
+    if r.code != 0:
+        _fail(f"with your flags the task fails: {_last_error(r)}",
+              "which command of the task failed? man 7 capabilities names the capability each one needs")
+    names = capabilities.names_of(kept)
+    for name in names:
+        rest = [w for other in names if other != name for w in ("--cap-add", other)]
+        if attempt("--cap-drop", "ALL", *rest).code == 0:
+            hint = ("start from nothing, --cap-drop ALL, and add only what the task needs"
+                    if len(names) > 4 else "take it out and try again")
+            _fail(f"{name} is not needed: the task runs without it ({len(names)} capabilities given)", hint)
+    _ok(f"The task needs {', '.join(names)}, each of them, and nothing more: the smallest set, correct")

@@ -3,7 +3,8 @@
     labtool run [--rm] [--upto STEP] [--explain] [--hostname NAME] [--pid|--ipc|--uts MODE]
                 [--userns] [--user U] [--init] [-e K=V] [-w DIR] [--name NAME]
                 [--memory B] [--memory-swap B] [--cpu-shares N] [--cpus N] [--cpuset-cpus L]
-                [--pids-limit N] [--device D] IMAGE [CMD...]
+                [--pids-limit N] [--device D] [--cap-add CAP] [--cap-drop CAP]
+                [--security-opt no-new-privileges] IMAGE [CMD...]
     labtool exec [-e K=V] [-w DIR] [-u USER] CONTAINER CMD...
     labtool images
     labtool stats [--no-stream] [CONTAINER...]
@@ -107,6 +108,13 @@ def _container_flags(run):
     limits.add_argument("--pids-limit", type=int, default=0, metavar="N", help="at most N processes (-1: unlimited)")
     limits.add_argument("--device", action="append", default=[], metavar="HOST[:CONTAINER][:rwm]",
                         help="give the container a host device")
+    caps = run.add_argument_group("capabilities (step 06)")
+    caps.add_argument("--cap-add", action="append", default=[], metavar="CAP",
+                      help="give root in the container this capability (NET_ADMIN, CAP_SYS_TIME, ALL)")
+    caps.add_argument("--cap-drop", action="append", default=[], metavar="CAP",
+                      help="take this capability away (CHOWN, NET_RAW, ALL)")
+    caps.add_argument("--security-opt", action="append", default=[], metavar="no-new-privileges",
+                      help="no-new-privileges: set-user-ID programs and file capabilities raise nothing")
     run.add_argument("--entrypoint", default=None, metavar="CMD",
                      help="replace the image's ENTRYPOINT (--entrypoint sh: a shell to look around)")
     run.add_argument("--env-file", action="append", default=[], metavar="FILE",
@@ -207,8 +215,8 @@ def _env(flags):
 
 def _spec(a):
     """The ContainerSpec that the flags of ``run`` / ``create`` describe."""
-    from labtool import mounts
-    from labtool.spec import ContainerSpec, Namespaces, Process
+    from labtool import capabilities, mounts
+    from labtool.spec import Capabilities, ContainerSpec, Namespaces, Process
 
     process = Process(args=a.args, cwd=a.workdir, user=a.user)
     process.env += _env_files(a.env_file) + _env(a.env)
@@ -221,6 +229,8 @@ def _spec(a):
         spec.entrypoint = [a.entrypoint] if a.entrypoint else []
     spec.mounts = [mounts.parse_volume(v) for v in a.volume] + [mounts.parse_tmpfs(t) for t in a.tmpfs]
     spec.read_only, spec.volumes_from = a.read_only, a.volumes_from
+    spec.capabilities = Capabilities(add=a.cap_add, drop=a.cap_drop,
+                                     no_new_privileges=capabilities.parse_security_opt(a.security_opt))
     return spec
 
 

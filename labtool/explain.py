@@ -8,6 +8,7 @@ Each step calls ``say(step, action, why)`` just before it acts, for example::
 The lines go to stderr, so the container's own output on stdout stays clean.
 """
 
+import contextlib
 import os
 import sys
 
@@ -26,3 +27,14 @@ def say(step, action, why=""):
 def flag_names(flags, names):
     """Spell a bit mask as ``A|B|C`` using ``names`` (a dict name -> bit)."""
     return "|".join(name for name, bit in names.items() if flags & bit) or "0"
+
+
+@contextlib.contextmanager
+def quiet():
+    """No narration inside this block (a helper's own lines would repeat the caller's)."""
+    global enabled
+    was, enabled = enabled, False
+    try:
+        yield
+    finally:
+        enabled = was

@@ -22,13 +22,21 @@ FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signa
              signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT)
 
 
-def run_as_init(start_command):
-    """Be PID 1: ``start_command()`` runs (and execs) in a child; we reap and forward."""
+def run_as_init(start_command, then=None):
+    """Be PID 1: ``start_command()`` runs (and execs) in a child; we reap and forward.
+
+    ``then()``, if given, runs in PID 1 once the child is forked: the runtime passes the
+    drop to the command's user and capabilities (step 06), so PID 1 holds no more than the
+    command it serves (as Docker's tini runs with the container's user and capabilities).
+    """
     child = os.fork()
     if child == 0:
         for sig in FORWARDED:
             signal.signal(sig, signal.SIG_DFL)
         start_command()                      # never returns
+    if then:
+        then()                               # if it fails, the caller reports it: PID 1 exits,
+                                             # and the kernel kills the rest of the PID namespace
 
     # Keep no file of the container's start open (the pipe on which a failed exec is
     # reported closes by itself when the command's exec succeeds: only if we hold no copy)

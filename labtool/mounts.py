@@ -23,8 +23,9 @@ paths inside ``c.rootfs``, found without ever following a symlink out of it.
 
 How read-only is ":ro"? A bind's MS_RDONLY is a property of that one mount, and whoever
 may call mount(2) on it may remount it read-write again. Root in a container without a
-user namespace holds CAP_SYS_ADMIN and can (``mount -o remount,rw,bind /data``): only
-dropping that capability stops it (step 06, issue 9). With ``--userns`` the container's
+user namespace that holds CAP_SYS_ADMIN can (``mount -o remount,rw,bind /data``): as of
+step 04 alone (``--upto overlay``), or with ``--cap-add SYS_ADMIN``. Step 06 drops that
+capability by default (capabilities.py), as Docker does. With ``--userns`` the container's
 mount namespace belongs to a less privileged user namespace, and mount_namespaces(7),
 "Restrictions on mount namespaces", applies: flags of mounts that come from a more
 privileged mount namespace are *locked* there. So with ``--userns`` labtool makes these

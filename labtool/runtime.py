@@ -13,7 +13,10 @@ Every step module has the same small shape (each function is optional):
 
 The child itself is made by ``namespaces.fork_into``: a fork, in new namespaces when
 step 02 is on. It waits until the parent's ``started`` work is done, settles into its
-namespaces (``namespaces.settle``), runs the in-child work, and execs the command. The parent waits for it and hands its exit code back.
+namespaces (``namespaces.settle``), runs the in-child work, and execs the command; the very
+last thing before execve is ``capabilities.drop_privileges`` (step 06: everything before it, the
+mounts and pivot_root, still needs root's full power). The parent waits for it and hands its
+exit code back.
 """
 
 import fcntl
@@ -26,7 +29,7 @@ import termios
 import time
 from dataclasses import asdict, dataclass, field
 
-from labtool import cgroups, explain, images, init, mounts, namespaces, overlay, paths, process, rootfs, users
+from labtool import capabilities, cgroups, explain, images, init, mounts, namespaces, overlay, paths, process, rootfs
 from labtool.cgroups import devices
 from labtool.engine import containers
 from labtool.errors import CommandNotExecutable, CommandNotFound, LabtoolError, UsageError
@@ -46,9 +49,10 @@ STEPS = [
     Step("namespaces", namespaces, "02-namespaces"),  # its own PIDs, hostname, mounts, IPC, net
     Step("cgroups", cgroups, "03-cgroups"),           # its share of memory, CPU, processes, devices
     Step("overlay", overlay, "04-overlay"),           # image layers shared, changes on top
+    Step("capabilities", capabilities, "06-capabilities"),  # root's power, minus what a container need not do
 ]
 # Steps still to come, in the order their notebooks teach them.
-PLANNED = ["network", "capabilities"]
+PLANNED = ["network"]
 
 
 def active_steps(upto):
@@ -87,6 +91,7 @@ class Container:
     exec_error: str = ""              # what it reported ("" once the exec worked)
     console_fd: int = -1              # -t: a unix socket on which the child sends its terminal
     console_size: tuple = (24, 80)    # -t: its rows and columns
+    privileges: object = None         # step 06: a capabilities.Plan (None: root keeps everything)
 
 
 def new_container(spec):
@@ -131,6 +136,11 @@ def build(spec):
         raise UsageError("volumes, bind mounts, --tmpfs and --read-only come with step 04: "
                          "use --upto overlay or later")
     mounts.check_spec(spec)
+    if "capabilities" in names:
+        c.privileges = capabilities.plan(spec.capabilities)
+    elif spec.capabilities != type(spec.capabilities)():
+        raise UsageError(f"--cap-add, --cap-drop and --security-opt come with step 06 (capabilities): "
+                         f"--upto {spec.upto} stops before it")
     return c
 
 
@@ -316,13 +326,20 @@ def _child(c, argv, env, errors_w, ready_w, go_r):
                 step.module.in_child(c)
         if c.console_fd >= 0:
             _make_console(c)
-        start = lambda: exec_command(argv, env, c.spec.process.cwd, c.spec.process.user, errors_w)  # noqa: E731
+        user = c.spec.process.user
+        start = lambda: exec_command(argv, env, c.spec.process.cwd, user, errors_w, c.privileges)  # noqa: E731
         if c.spec.init:
             explain.say("init", "fork; PID 1 stays to reap zombies and forward signals", "--init")
-            init.run_as_init(start)
+            init.run_as_init(start, then=lambda: _quietly(capabilities.drop_privileges, c.privileges, user))
         start()
     except BaseException as e:  # anything: report it, never run the parent's code
         _report(errors_w, e, argv)
+
+
+def _quietly(function, *args):
+    """--init's PID 1 drops to the command's user and capabilities too, without narrating it twice."""
+    with explain.quiet():
+        function(*args)
 
 
 def _default_signals():
@@ -387,12 +404,10 @@ def _send_console(console_fd, size=(24, 80)):
     _controlling_terminal()
 
 
-def exec_command(argv, env, cwd, user, errors_w):
-    """The last moments before the container's command: user, directory, execve."""
+def exec_command(argv, env, cwd, user, errors_w, privileges=None):
+    """The last moments before the container's command: user, directory, capabilities, execve."""
     try:
-        if user:
-            users.become(user)
-        os.chdir(cwd)
+        capabilities.drop_privileges(privileges, user, cwd)
         path = _lookup(argv[0], env.get("PATH", ""))
         explain.say("exec", f"execve({path!r}, {argv!r})", "the container's command replaces labtool")
         try:
@@ -450,7 +465,10 @@ def exec_in(name, argv, env=(), cwd="", user="", explain_it=False, interactive=F
     size = terminal_size(0)
     pid_ns = f"/proc/{target}/ns/pid"
     same_pid_ns = os.readlink(pid_ns) == os.readlink("/proc/self/ns/pid")
-    cgroup = cgroups.find(record.id) if "cgroups" in [s.name for s in active_steps(spec["upto"])] else None
+    steps = [s.name for s in active_steps(spec["upto"])]
+    cgroup = cgroups.find(record.id) if "cgroups" in steps else None
+    # the same capabilities as the container's command (docker exec without --privileged)
+    privileges = (capabilities.plan(spec_from_dict(spec).capabilities) if "capabilities" in steps else None)
     pid = namespaces.fork_into({} if same_pid_ns else {"pid": pid_ns})
     if pid == 0:
         try:
@@ -467,7 +485,8 @@ def exec_in(name, argv, env=(), cwd="", user="", explain_it=False, interactive=F
                 ours.close()
                 _send_console(theirs.detach(), size)
             full_env.setdefault("HOSTNAME", os.uname().nodename)   # the container's, now
-            exec_command(argv, full_env, cwd or spec["process"]["cwd"], user or spec["process"]["user"], errors_w)
+            exec_command(argv, full_env, cwd or spec["process"]["cwd"], user or spec["process"]["user"], errors_w,
+                         privileges)
         except BaseException as e:
             _report(errors_w, e, argv)
     os.close(errors_w)

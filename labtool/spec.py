@@ -69,6 +69,16 @@ class Resources:
 
 
 @dataclass
+class Capabilities:
+    """What root in the container may still do (step 06; Docker's HostConfig.CapAdd, .CapDrop,
+    .SecurityOpt; OCI: ``process.capabilities``, ``process.noNewPrivileges``)."""
+
+    add: list = field(default_factory=list)      # --cap-add, as given: "NET_ADMIN", "cap_sys_time", "ALL"
+    drop: list = field(default_factory=list)     # --cap-drop, as given
+    no_new_privileges: bool = False              # --security-opt no-new-privileges
+
+
+@dataclass
 class ContainerSpec:
     """One container, as asked for on the command line."""
 
@@ -87,6 +97,7 @@ class ContainerSpec:
     namespaces: Namespaces = field(default_factory=Namespaces)
     init: bool = False               # --init: a tiny init as PID 1 runs the command
     resources: Resources = field(default_factory=Resources)
+    capabilities: Capabilities = field(default_factory=Capabilities)
     # the lifecycle (notebook 00): Docker's Config.Entrypoint, .Tty, .OpenStdin, HostConfig.RestartPolicy
     entrypoint: list = None          # --entrypoint: replaces the image's; None keeps it, [] clears it
     tty: bool = False                # -t: a pseudo-terminal for the command
@@ -100,5 +111,6 @@ def from_dict(d):
     d["process"] = Process(**d["process"])
     d["namespaces"] = Namespaces(**d.get("namespaces", {}))
     d["resources"] = Resources(**d.get("resources", {}))
+    d["capabilities"] = Capabilities(**d.get("capabilities", {}))
     d["mounts"] = [Mount(**m) for m in d.get("mounts", [])]
     return ContainerSpec(**d)

@@ -63,7 +63,7 @@ def test_bad_flags_and_values_are_one_line_and_125(run):
 
 
 def test_a_step_not_built_yet_says_so(run):
-    p = run("run", "--rm", "--upto", "capabilities", "busybox", "true")
+    p = run("run", "--rm", "--upto", "network", "busybox", "true")
     assert p.returncode == 125
     assert "not built yet" in p.stderr
 

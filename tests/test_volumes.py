@@ -39,17 +39,33 @@ def test_ro_bind_refuses_writes_with_erofs(run, host_dir):
     assert (host_dir / "f.txt").read_text() == "from the host\n" and not (host_dir / "new").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="today a container's root holds CAP_SYS_ADMIN and may remount its :ro bind "
-                                       "read-write; dropping that capability (issue 9) will make this pass")
 def test_ro_bind_cannot_be_remounted_rw_inside(run, host_dir):
-    run("run", "--rm", "-v", f"{host_dir}:/data:ro", "busybox", "sh", "-c",
-        "mount -o remount,rw,bind /data; touch /data/new")
+    """Without CAP_SYS_ADMIN (step 06) the container's root cannot remount its :ro bind."""
+    p = run("run", "--rm", "-v", f"{host_dir}:/data:ro", "busybox", "sh", "-c",
+            "mount -o remount,rw,bind /data && echo REMOUNTED; touch /data/new")
+    assert "REMOUNTED" not in p.stdout and "permission denied" in p.stderr
+    assert "Read-only file system" in p.stderr
     assert not (host_dir / "new").exists(), "the container remounted its :ro bind read-write and wrote"
 
 
+def test_read_only_root_cannot_be_remounted_rw_inside(run):
+    p = run("run", "--rm", "--read-only", "busybox", "sh", "-c",
+            "mount -o remount,rw,bind / && echo ROOT-RW; touch /x")
+    assert "ROOT-RW" not in p.stdout and "Read-only file system" in p.stderr
+
+
+def test_with_sys_admin_given_back_the_ro_bind_falls(run, host_dir):
+    """The other side of the coin: :ro alone is a flag root may change, if it holds CAP_SYS_ADMIN."""
+    p = run("run", "--rm", "--cap-add", "SYS_ADMIN", "-v", f"{host_dir}:/data:ro", "busybox", "sh", "-c",
+            "mount -o remount,rw,bind /data && touch /data/new")
+    assert p.returncode == 0, p.stderr
+    assert (host_dir / "new").exists()
+
+
 def test_ro_bind_is_locked_with_userns(run, host_dir):
-    """Made before the container's user namespace: its read-only flag is locked there."""
-    p = run("run", "--rm", "--userns", "-v", f"{host_dir}:/data:ro", "busybox", "sh", "-c",
+    """Made before the container's user namespace: its read-only flag is locked there, even
+    for a root that holds CAP_SYS_ADMIN (in its user namespace: given back here on purpose)."""
+    p = run("run", "--rm", "--userns", "--cap-add", "SYS_ADMIN", "-v", f"{host_dir}:/data:ro", "busybox", "sh", "-c",
             "mount -o remount,rw,bind /data && echo REMOUNTED; touch /data/new; umount /data && echo GONE; "
             "mount -o remount,rw,bind / && echo ROOT-RW")
     assert p.returncode == 0, p.stderr
@@ -57,7 +73,7 @@ def test_ro_bind_is_locked_with_userns(run, host_dir):
     assert "permission denied" in p.stderr                        # EPERM: the flag is locked
     assert "Read-only file system" in p.stderr
     assert not (host_dir / "new").exists()
-    p = run("run", "--rm", "--userns", "--read-only", "busybox", "sh", "-c",
+    p = run("run", "--rm", "--userns", "--cap-add", "SYS_ADMIN", "--read-only", "busybox", "sh", "-c",
             "mount -o remount,rw,bind / && echo ROOT-RW; touch /x")
     assert "ROOT-RW" not in p.stdout and "Read-only file system" in p.stderr
 

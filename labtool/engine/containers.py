@@ -202,6 +202,7 @@ def inspect(record):
     config, state = record.config, record.state
     pid = record.running_pid
     resources = config.get("resources", {})
+    capabilities = config.get("capabilities", {})
     return {
         "Id": record.id,
         "Name": "/" + record.name if record.name else "",
@@ -219,6 +220,8 @@ def inspect(record):
             "Error": state.get("Error", "") or ("its supervisor is gone" if record.status == "dead" else ""),
             "StartedAt": _timestamp(state.get("StartedAt")),
             "FinishedAt": _timestamp(state.get("FinishedAt")),
+            # labtool's own field (Docker has none): the capabilities PID 1 holds right now
+            "EffectiveCaps": _effective_caps(pid),
         },
         "RestartCount": state.get("RestartCount", 0),
         "LogPath": os.path.join(paths.container_dir(record.id), f"{record.id}-json.log"),
@@ -245,10 +248,24 @@ def inspect(record):
             "RestartPolicy": _restart_policy(config.get("restart", "no")),
             "AutoRemove": config.get("remove", False),
             "ReadonlyRootfs": config.get("read_only", False),
+            "CapAdd": capabilities.get("add") or None,      # as given, like docker: null when none
+            "CapDrop": capabilities.get("drop") or None,
+            "SecurityOpt": ["no-new-privileges"] if capabilities.get("no_new_privileges") else None,
         },
         "Mounts": record.mounts,
         "GraphDriver": _graph_driver(record.id),
     }
+
+
+def _effective_caps(pid):
+    """The names in CapEff of a running container's PID 1 (read from /proc: the truth, after
+    --cap-add, --cap-drop and --user); None when it does not run."""
+    from labtool.capabilities import names_of, read_sets
+
+    try:
+        return names_of(read_sets(pid)["CapEff"]) if pid else None
+    except (OSError, KeyError):
+        return None
 
 
 def _restart_policy(text):
