@@ -285,6 +285,9 @@ def cleanup(work, oci_runtimes, id_prefix):
             problems.append(f"removed leftover cgroup {d}")
         except OSError as e:
             problems.append(f"leftover cgroup {d}: {e.strerror}")
+    # with LABTOOL_DAEMON=1 the labtool daemon of the bench's root goes with it
+    subprocess.run([sys.executable, "-m", "labtool", "system", "stop-daemon"], capture_output=True,
+                   env=dict(os.environ, LABTOOL_ROOT=os.path.join(work, "labtool-root")), cwd=REPO)
     left = os.path.join(work, "labtool-root", "lib", "containers")
     if os.path.isdir(left) and os.listdir(left):
         problems.append(f"labtool left container directories after --rm: {os.listdir(left)}")
