@@ -84,7 +84,7 @@ def _remove_cgroup_tree(top):
 def _systemd_units(own):
     """Under systemd (cgroup v2): the labtool units it has loaded, all of them, or for ``own``
     ids only those containers' scopes and slices; and labtool.slice is stopped only when
-    nothing is left in it (``systemd.Tree.stop_parent_if_empty``)."""
+    nothing is left in it (``systemd.Tree.stop_slice``)."""
     from labtool.cgroups import systemd
 
     if not systemd.running():
@@ -111,7 +111,7 @@ def _stop_labtool_slice_if_empty():
 
     if systemd.running() and cgroups.layout() == "v2":
         mount = [m for m, fstype, _ in cgroups.mounts() if fstype == "cgroup2"][0]
-        systemd.Tree(mount).stop_parent_if_empty()
+        systemd.Tree(mount).stop_slice()
 
 
 def _links():
@@ -172,8 +172,8 @@ def reset(images=False):
     if units:
         _stop_units(units)
         said.append(f"stopped systemd units {' '.join(units)}")
-        if own is not None:
-            _stop_labtool_slice_if_empty()
+    if own is not None:
+        _stop_labtool_slice_if_empty()
     for top in list(_cgroup_roots(own)):
         _remove_cgroup_tree(top)
         said.append(f"removed cgroup {top}")

@@ -206,14 +206,13 @@ def check(res):
 # --- the step, as runtime.py calls it -----------------------------------------------------
 
 def prepare(c):
-    """Host side, before the child exists: pick the driver and check what can be checked.
-    Nothing is made yet: under systemd a cgroup is made around a process (see ``started``)."""
+    """Host side, before the child exists: pick the driver and check what can be checked
+    (systemd: is busctl there). Nothing is made yet: under systemd a cgroup is made around a
+    process (see ``started``)."""
     tree = backend()
     explain.say("cgroups", f"driver {tree.driver}", tree.why)
     tree.check()
     c.cgroup = tree.cgroup(c.id)
-    if c.cgroup.exists():           # left by a supervisor that was killed: not this run's
-        c.cgroup.remove()
 
 
 def started(c, pid):

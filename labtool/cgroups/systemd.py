@@ -59,11 +59,12 @@ ordered against shutdown, as runc sets it; CollectMode=inactive-or-failed, so th
 that failed is unloaded too.
 
 The end. When the container's last process exits, systemd stops the scope and removes its
-cgroup by itself ("garbage collection"). ``remove()`` copes with whatever is left: KillUnit
-(SIGKILL to every process of the scope), StopUnit of the container's slice (which takes the
-scope with it), a wait until its directory is gone; and the last container stops
-``labtool.slice`` as the cgroupfs driver removes its ``labtool/``. A lock file keeps that
-from racing with a container being started.
+cgroup by itself ("garbage collection"); the slice stays. ``remove()`` copes with whatever is
+there: KillUnit (SIGKILL to every process still in the scope), StopUnit of the container's
+slice (which takes the scope with it, if any), a wait until its directory is gone. When no
+other container is in ``labtool.slice``, it stops ``labtool.slice`` instead (and the
+container's slice with it), as the cgroupfs driver removes its ``labtool/``: one call, and
+nothing is left. A lock file keeps that from racing with a container being started.
 
 Never computing a path from a unit name (the doc's "don't" #5): the scope's directory is read
 from ``/proc/PID/cgroup`` once the pid is in, and ``find()`` asks systemd for a unit's
@@ -278,17 +279,27 @@ class Tree(v2.Tree):
         """StopUnit; True if there was such a unit."""
         return self.call("StopUnit", "ss", unit, "replace", missing_ok=True) != ""
 
-    def stop_parent_if_empty(self, parent_dir=None):
-        """The last container stops labtool.slice (its cgroup goes with it), as the cgroupfs
-        driver removes ``labtool/``; under the lock, so that no scope is being made meanwhile."""
+    def stop_slice(self, unit=None, own_dir=None, parent_dir=None):
+        """Stop a container's slice ``unit`` (its cgroup: ``own_dir``), or labtool.slice when
+        nothing else is in it: the last container takes labtool.slice along, as the cgroupfs
+        driver removes ``labtool/``. Under the lock, so that no scope is being made meanwhile.
+        True once the directory is gone. Without a unit (``labtool reset``): labtool.slice if
+        it is empty."""
         with _locked(self.lock):
             parent_dir = parent_dir or self.control_group(SLICE)
-            if not parent_dir or not os.path.isdir(parent_dir):
-                return
-            if any(os.path.isdir(os.path.join(parent_dir, n)) for n in os.listdir(parent_dir)):
-                return                                    # other containers live there
-            if self.stop_unit(SLICE):
-                _wait(lambda: not os.path.isdir(parent_dir))
+            try:
+                others = [n for n in os.listdir(parent_dir or "/nonexistent")
+                          if os.path.isdir(os.path.join(parent_dir, n)) and os.path.join(parent_dir, n) != own_dir]
+            except OSError:
+                others = []
+            if own_dir and others:
+                gone = own_dir
+            elif parent_dir and not others and os.path.isdir(parent_dir):
+                unit, gone = SLICE, parent_dir
+            else:
+                return own_dir is None or not os.path.isdir(own_dir)
+            self.stop_unit(unit)
+            return _wait(lambda: not os.path.isdir(gone), timeout=10)
 
 
 _WHY = {
@@ -327,15 +338,25 @@ class Cgroup(v2.Cgroup):
 
     def create(self, pid=None, res=None):
         """StartTransientUnit with ``pid`` in it, then wait until systemd has moved it there.
-        Needs the pid: a scope is made around a process that exists."""
+        Needs the pid: a scope is made around a process that exists. If the container's units
+        are there already (its last supervisor was killed), they are removed first."""
         if pid is None:
             raise LabtoolError("a systemd scope is made around a process: create(pid, res)")
         res = res or _no_limits()
-        with _locked(self.tree.lock):
-            answer = self.tree.call("StartTransientUnit", START_SIGNATURE,
-                                    argv=start_command(self.id, pid, res))
-            job = answer.split('"')[1] if '"' in answer else ""
-            self.scope_dir = self._wait_placed(pid, job)
+        for attempt in (1, 2):
+            with _locked(self.tree.lock):
+                try:
+                    answer = self.tree.call("StartTransientUnit", START_SIGNATURE,
+                                            argv=start_command(self.id, pid, res))
+                except LabtoolError as e:
+                    if attempt == 2 or "already exists" not in str(e):
+                        raise
+                    answer = None
+                if answer is not None:
+                    job = answer.split('"')[1] if '"' in answer else ""
+                    self.scope_dir = self._wait_placed(pid, job)
+                    break
+            self.remove()                     # outside the lock: remove() takes it
         self.slice_dir = os.path.dirname(self.scope_dir)
         explain.say("cgroups", f"cat /proc/{pid}/cgroup: 0::{short(self.scope_dir[len(self.tree.mount):])}",
                     "systemd made the scope and moved the pid in")
@@ -380,19 +401,20 @@ class Cgroup(v2.Cgroup):
     # --- removing -------------------------------------------------------------------------
 
     def remove(self):
-        """Kill what is left, stop the units, make sure the directories are gone; the last
-        container stops labtool.slice too."""
+        """Kill what is left (KillUnit), stop the container's slice, which takes the scope
+        with it (StopUnit; or labtool.slice, when this is the last container), and make sure
+        the directories are gone."""
         if self.slice_dir is None and not self.locate():
             return
         if self.scope_dir and self.pids():
             self.tree.call("KillUnit", "ssi", self.scope, "all", 9, missing_ok=True)
-        self.tree.stop_unit(self.slice)          # the scope in it too, if it is still there
-        if not _wait(lambda: not os.path.isdir(self.slice_dir), timeout=10):
+        if not self.tree.stop_slice(self.slice, self.slice_dir, os.path.dirname(self.slice_dir)):
             self._remove_by_hand()
-        self.tree.stop_parent_if_empty(os.path.dirname(self.slice_dir))
 
     def _remove_by_hand(self):
         """systemd did not remove it (it does not know the unit any more?): do it ourselves."""
+        if not os.path.isdir(self.slice_dir):
+            return
         for dirpath, _dirs, _files in sorted(os.walk(self.slice_dir), key=lambda w: -w[0].count("/")):
             kill_all(lambda d=dirpath: _pids(d))
             remove_dir(dirpath)
