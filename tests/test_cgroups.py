@@ -2,6 +2,7 @@
 
 import json
 import os
+import subprocess
 import time
 
 import pytest
@@ -247,6 +248,23 @@ def test_device_rules_in_v1_syntax():
 
 # --- the driver: cgroupfs, or systemd's delegated scopes -----------------------------------
 
+def test_under_systemd_each_container_is_a_delegated_scope(background, labtool_root):
+    """Where systemd is PID 1 (the Vagrant box, `vagrant/test-vm.sh --systemd`): the proof that
+    the systemd driver is the one at work. Elsewhere the cgroupfs driver is, and this skips."""
+    name, why = cgroups.driver()
+    if name != "systemd":
+        pytest.skip(f"the cgroupfs driver here ({why})")
+    pid = background("scoped", "--memory", "64m")
+    short_id = _container_id(labtool_root, "scoped")[:12]
+    scope = f"labtool-{short_id}.scope"
+    with open(f"/proc/{pid}/cgroup") as f:
+        assert f.read().strip() == f"0::/labtool.slice/labtool-{short_id}.slice/{scope}"
+    show = subprocess.run(["systemctl", "show", "-p", "Delegate,MemoryMax,ActiveState,OOMPolicy", scope],
+                          capture_output=True, text=True).stdout.split()
+    assert sorted(show) == ["ActiveState=active", "Delegate=yes", "MemoryMax=67108864", "OOMPolicy=continue"]
+    assert cgroups.find(_container_id(labtool_root, "scoped")).dir.endswith("/" + scope)
+
+
 @pytest.mark.parametrize("kind, env, booted, expected", [
     ("v2", {}, True, "systemd"),                                   # the Vagrant box
     ("v2", {}, False, "cgroupfs"),                                 # the make test-vm guest, a container
@@ -403,3 +421,14 @@ def test_systemd_remove_kills_what_is_left_and_keeps_labtool_slice_for_others(tm
     calls = [c[5:8] for c in fake.calls if c[:2] == ["busctl", "call"]][1:]
     assert calls == [["KillUnit", "ssi", "labtool-0123456789ab.scope"], ["StopUnit", "ss", "labtool-0123456789ab.slice"]]
     assert sorted(os.listdir(mount / "labtool.slice")) == ["labtool-another.slice", "memory.events"]
+
+
+def test_reset_finds_the_labtool_units_systemd_has_loaded():
+    from labtool.cgroups import systemd
+
+    listing = ("  labtool-0123456789ab.slice loaded active active labtool container 0123456789ab\n"
+               "\u25cf labtool-0123456789ab.scope loaded failed failed labtool container 0123456789ab\n"
+               "  labtool.slice              loaded active active Slice /labtool\n"
+               "  labtool-vm.service         loaded active running not ours\n")
+    assert systemd.leftover_units(lambda argv: (0, listing, "")) == [
+        "labtool-0123456789ab.slice", "labtool-0123456789ab.scope", "labtool.slice"]

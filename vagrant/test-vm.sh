@@ -19,7 +19,8 @@
 # mounts what systemd would mount and runs the tests: the guest starts them about 16 s after
 # boot, and labtool's cgroupfs driver makes /sys/fs/cgroup/labtool/<id>. With --systemd, PID 1
 # is systemd (about 34 s to the tests), the unit vm-test.service runs the same script, and
-# labtool asks systemd for a delegated scope per container (labtool.slice/labtool-<id>.scope).
+# labtool asks systemd for a delegated scope per container
+# (labtool.slice/labtool-<id12>.slice/labtool-<id12>.scope, see labtool/cgroups/systemd.py).
 #
 # The guest image (a debootstrap'ed Debian 12 as an ext4 disk, its kernel and initrd) is built
 # once and kept in $LABTOOL_VM_CACHE (default /var/cache/labtool/test-vm), under a key that is
