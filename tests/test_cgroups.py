@@ -329,7 +329,8 @@ def test_systemd_scope_without_limits_and_the_cpu_mask():
     from labtool.cgroups import systemd
 
     argv = systemd.start_command(CID, 7, Resources(memory=32 << 20, memory_swap=-1))
-    assert argv[9] == "9"                                         # seven, and memory's two
+    assert argv[9] == "10"                                        # seven, memory's two, TasksMax
+    assert argv[argv.index("TasksMax") + 2] == str((1 << 64) - 1)  # no --pids-limit: none (systemd's default: 15%)
     assert argv[argv.index("MemorySwapMax") + 2] == str((1 << 64) - 1)    # --memory-swap -1: infinity
     assert argv[-6:] == ["1", "labtool-0123456789ab.slice", "1", "Description", "s",
                          "labtool container 0123456789ab: keeps its OOM count"]

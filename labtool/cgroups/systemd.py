@@ -18,7 +18,7 @@ speaks D-Bus from the command line; the call, as ``--explain`` shows it::
 
     busctl call org.freedesktop.systemd1 /org/freedesktop/systemd1 \\
         org.freedesktop.systemd1.Manager StartTransientUnit 'ssa(sv)a(sa(sv))' \\
-        labtool-0123456789ab.scope fail 9 Description s "labtool container 0123456789ab" \\
+        labtool-0123456789ab.scope fail 10 Description s "labtool container 0123456789ab" \\
         Slice s labtool-0123456789ab.slice Delegate b true PIDs au 1 4242 ... \\
         1 labtool-0123456789ab.slice 1 Description s "..."
 
@@ -43,13 +43,14 @@ then labtool stops the slice. Because a weight (``cpu.weight``) only counts agai
 siblings, and a container's siblings are now the other containers' slices, ``--cpu-shares``
 goes to the slice (CPUWeight=).
 
-What is whose. ``Delegate=yes`` hands over the sub-tree *below* the scope; the doc adds that
-the scope's own attributes stay systemd's ("never write to any of the attributes of a cgroup
-systemd created for you") and that systemd writes them again whenever it re-applies a unit's
-settings (``systemctl daemon-reload``, ``set-property``). So, as runc does, labtool gives
-systemd the limits as properties (MemoryMax=, MemorySwapMax=, CPUQuotaPerSecUSec=,
-AllowedCPUs=, TasksMax=: systemd.resource-control(5)), and systemd has written them before
-it moves the pid in; labtool then writes the same values into the scope's directory, exactly
+What is whose. ``Delegate=yes`` hands over the sub-tree *below* the scope; the scope's own
+attributes stay systemd's: "never write to any of the attributes of a cgroup systemd created
+for you". And systemd does write them again: in the test-vm guest (systemd 252) a
+``memory.max`` written by hand into a scope was back to ``max`` after ``systemctl
+daemon-reload``, and after ``systemctl set-property --runtime SCOPE CPUWeight=50``. So, as
+runc does, labtool gives systemd the limits as properties (MemoryMax=, MemorySwapMax=,
+CPUQuotaPerSecUSec=, AllowedCPUs=, TasksMax=: systemd.resource-control(5)), and systemd has
+written them before it moves the pid in; labtool then writes the same values into the scope's directory, exactly
 as the cgroupfs driver does (``v2.Cgroup.apply``), so that the step reads the same with both
 drivers, and attaches the device program (``bpf.py``; systemd, given no DeviceAllow=,
 attaches none of its own). Same values twice: whichever writes last, the limits hold.
@@ -120,8 +121,9 @@ def limit_properties(res):
     if res.cpuset_cpus:
         from labtool.cgroups import parse_cpuset
         props.append(("AllowedCPUs", "ay", cpu_mask(parse_cpuset(res.cpuset_cpus))))
-    if res.pids_limit and res.pids_limit > 0:
-        props.append(("TasksMax", "t", res.pids_limit))
+    # without --pids-limit: no limit, as with cgroupfs (systemd's default is DefaultTasksMax=,
+    # 15% of the pid space: 2305 tasks in the test-vm guest)
+    props.append(("TasksMax", "t", res.pids_limit if res.pids_limit and res.pids_limit > 0 else UINT64_MAX))
     return props
 
 
