@@ -1,12 +1,13 @@
 # make lab    install everything, then start JupyterLab on 127.0.0.1:8888 with notebooks/
 # make test   install everything, then run the whole test suite (pytest + nbval)
-# make test-vm  the cgroup and namespace tests again, inside a pure cgroup v2 Debian 12 guest (QEMU)
+# make test-vm  the cgroup and namespace tests again, inside a pure cgroup v2 Debian 12 guest (QEMU);
+#               then tests/test_cgroups.py in the same guest booted with systemd (make test-vm-systemd)
 # make test-tools  the host tools of the VM checks: QEMU, debootstrap, vagrant (Debian packages)
 VENV ?= /opt/labtool/venv
 PYTHON = $(VENV)/bin/python
 PORT ?= 8888
 
-.PHONY: lab test test-vm test-tools provision bench student
+.PHONY: lab test test-vm test-vm-systemd test-tools provision bench student
 
 provision:
 	bash vagrant/provision.sh
@@ -19,11 +20,16 @@ lab: provision
 test: provision
 	$(PYTHON) -m pytest
 
-# Boots a small Debian 12 guest (kernel, python3, pytest, busybox: an image built once and cached
-# under /var/cache/labtool/test-vm) and runs tests/test_cgroups*.py and test_namespaces.py in it.
-# Its exit code is the guest's pytest's. See vagrant/test-vm.sh.
+# Boots a small Debian 12 guest (kernel, python3, pytest, busybox, systemd: an image built once and
+# cached under /var/cache/labtool/test-vm) and runs tests/test_cgroups*.py and test_namespaces.py in
+# it, with a small script as PID 1 (labtool's cgroupfs driver); then boots it again with systemd as
+# PID 1, as on the Vagrant box, and runs tests/test_cgroups.py (labtool's systemd driver). Both run;
+# the exit code is not 0 if either failed (the last failing guest pytest's). See vagrant/test-vm.sh.
 test-vm: test-tools
-	bash vagrant/test-vm.sh
+	@rc=0; bash vagrant/test-vm.sh || rc=$$?; bash vagrant/test-vm.sh --systemd || rc=$$?; exit $$rc
+
+test-vm-systemd: test-tools
+	bash vagrant/test-vm.sh --systemd
 
 test-tools:
 	bash vagrant/test-vm.sh --install-tools

@@ -4,7 +4,8 @@ Everything labtool creates on the host is named so it can be found again (DESIGN
 
     mounts           anything mounted below the labtool root (/var/lib/labtool, /run/labtool)
     processes        containers still running (their PID 1 is recorded in state.json)
-    cgroups          the ``labtool`` cgroup in every hierarchy, with everything under it
+    cgroups          the ``labtool`` cgroup in every hierarchy, with everything under it;
+                     under systemd the units labtool.slice, labtool-*.slice, labtool-*.scope
     network          bridges ``lt*``, veth ``ltv*``, network namespaces ``lt-*``
     iptables         chains named ``LABTOOL*`` and the rules that jump to them
     state            containers and volumes (images too with ``--all``)
@@ -37,14 +38,19 @@ def _kill_containers():
     return said
 
 
-def _cgroup_roots():
-    """The ``labtool`` cgroups to remove: in every mounted hierarchy, all of it; but with
-    ``LABTOOL_ROOT`` set (a test run, a benchmark) only the cgroups of that root's own
-    containers, so that a reset there never kills another root's containers."""
-    own = None
-    if os.environ.get("LABTOOL_ROOT"):
-        top = paths.containers_dir()
-        own = set(os.listdir(top)) if os.path.isdir(top) else set()
+def _own_containers():
+    """None (everything labtool made is ours to remove), or with ``LABTOOL_ROOT`` set (a test
+    run, a benchmark) the ids of that root's own containers, so that a reset there never kills
+    another root's containers."""
+    if not os.environ.get("LABTOOL_ROOT"):
+        return None
+    top = paths.containers_dir()
+    return set(os.listdir(top)) if os.path.isdir(top) else set()
+
+
+def _cgroup_roots(own):
+    """The ``labtool`` cgroups to remove: in every mounted hierarchy, all of it; or, for
+    ``own`` ids, only those containers' cgroups."""
     for m in mounts.mountinfo():
         if m["fstype"] in ("cgroup", "cgroup2"):
             path = os.path.join(m["mountpoint"], "labtool")
@@ -73,6 +79,39 @@ def _remove_cgroup_tree(top):
             os.rmdir(dirpath)
         except OSError:
             pass
+
+
+def _systemd_units(own):
+    """Under systemd (cgroup v2): the labtool units it has loaded, all of them, or for ``own``
+    ids only those containers' scopes and slices; and labtool.slice is stopped only when
+    nothing is left in it (``systemd.Tree.stop_slice``)."""
+    from labtool.cgroups import systemd
+
+    if not systemd.running():
+        return []
+    units = systemd.leftover_units()
+    if own is None:
+        return units
+    wanted = {name for cid in own for name in systemd.unit_names(cid)}
+    return [u for u in units if u in wanted]
+
+
+def _stop_units(units):
+    """``systemctl stop``: it waits until systemd has stopped them (and removed their cgroups);
+    SIGKILL first, to what may still run in a scope."""
+    scopes = [u for u in units if u.endswith(".scope")]
+    if scopes:
+        subprocess.run(["systemctl", "kill", "--signal=SIGKILL", *scopes], capture_output=True)
+    subprocess.run(["systemctl", "stop", *units], capture_output=True)
+
+
+def _stop_labtool_slice_if_empty():
+    from labtool import cgroups
+    from labtool.cgroups import systemd
+
+    if systemd.running() and cgroups.layout() == "v2":
+        mount = [m for m, fstype, _ in cgroups.mounts() if fstype == "cgroup2"][0]
+        systemd.Tree(mount).stop_slice()
 
 
 def _links():
@@ -131,7 +170,14 @@ def reset(images=False):
             n = mounts.unmount_under(top)
             if n:
                 said.append(f"unmounted {n} mount(s) under {top}")
-    for top in list(_cgroup_roots()):
+    own = _own_containers()
+    units = _systemd_units(own)
+    if units:
+        _stop_units(units)
+        said.append(f"stopped systemd units {' '.join(units)}")
+    if own is not None:
+        _stop_labtool_slice_if_empty()
+    for top in list(_cgroup_roots(own)):
         _remove_cgroup_tree(top)
         said.append(f"removed cgroup {top}")
         parent = os.path.dirname(top)

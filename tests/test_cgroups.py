@@ -2,6 +2,7 @@
 
 import json
 import os
+import subprocess
 import time
 
 import pytest
@@ -243,3 +244,192 @@ def test_device_rules_in_v1_syntax():
     assert DeviceRule(False).v1_line() == "a"
     assert DeviceRule(True, "c", 136, None, "rwm").v1_line() == "c 136:* rwm"
     assert DeviceRule(True, "b", 7, 0, "r").v1_line() == "b 7:0 r"
+
+
+# --- the driver: cgroupfs, or systemd's delegated scopes -----------------------------------
+
+def test_under_systemd_each_container_is_a_delegated_scope(background, labtool_root):
+    """Where systemd is PID 1 (the Vagrant box, `vagrant/test-vm.sh --systemd`): the proof that
+    the systemd driver is the one at work. Elsewhere the cgroupfs driver is, and this skips."""
+    name, why = cgroups.driver()
+    if name != "systemd":
+        pytest.skip(f"the cgroupfs driver here ({why})")
+    pid = background("scoped", "--memory", "64m")
+    short_id = _container_id(labtool_root, "scoped")[:12]
+    scope = f"labtool-{short_id}.scope"
+    with open(f"/proc/{pid}/cgroup") as f:
+        assert f.read().strip() == f"0::/labtool.slice/labtool-{short_id}.slice/{scope}"
+    show = subprocess.run(["systemctl", "show", "-p", "Delegate,MemoryMax,ActiveState,OOMPolicy", scope],
+                          capture_output=True, text=True).stdout.split()
+    assert sorted(show) == ["ActiveState=active", "Delegate=yes", "MemoryMax=67108864", "OOMPolicy=continue"]
+    assert cgroups.find(_container_id(labtool_root, "scoped")).dir.endswith("/" + scope)
+
+
+@pytest.mark.parametrize("kind, env, booted, expected", [
+    ("v2", {}, True, "systemd"),                                   # the Vagrant box
+    ("v2", {}, False, "cgroupfs"),                                 # the make test-vm guest, a container
+    ("hybrid", {}, True, "cgroupfs"),                              # this host: v1 controllers
+    ("v1", {}, False, "cgroupfs"),
+    ("v2", {"LABTOOL_CGROUP_DRIVER": "cgroupfs"}, True, "cgroupfs"),
+    ("v2", {"LABTOOL_CGROUP_DRIVER": "systemd"}, True, "systemd"),
+])
+def test_driver_is_systemd_on_v2_with_systemd_as_pid_1(tmp_path, kind, env, booted, expected):
+    systemd_dir = tmp_path / "run-systemd-system"
+    if booted:
+        systemd_dir.mkdir()
+    name, why = cgroups.driver(kind, env, str(systemd_dir))
+    assert name == expected and why
+
+
+@pytest.mark.parametrize("kind, env, booted, message", [
+    ("hybrid", {"LABTOOL_CGROUP_DRIVER": "systemd"}, True, "needs a pure cgroup v2 machine"),
+    ("v2", {"LABTOOL_CGROUP_DRIVER": "systemd"}, False, "systemd is not PID 1 here"),
+    ("v2", {"LABTOOL_CGROUP_DRIVER": "docker"}, True, "use cgroupfs or systemd"),
+])
+def test_driver_refuses_what_cannot_work(tmp_path, kind, env, booted, message):
+    systemd_dir = tmp_path / "run-systemd-system"
+    if booted:
+        systemd_dir.mkdir()
+    with pytest.raises(Exception, match=message):
+        cgroups.driver(kind, env, str(systemd_dir))
+
+
+CID = "0123456789ab" + "c" * 52
+BUSCTL = ["busctl", "call", "org.freedesktop.systemd1", "/org/freedesktop/systemd1",
+          "org.freedesktop.systemd1.Manager"]
+
+
+def test_systemd_scope_is_asked_for_with_the_pid_and_the_limits_as_properties():
+    from labtool.cgroups import systemd
+
+    res = Resources(memory=64 << 20, memory_swap=100 << 20, cpu_shares=512, cpus=0.5, cpuset_cpus="0", pids_limit=50)
+    assert systemd.start_command(CID, 4242, res) == BUSCTL + [
+        "StartTransientUnit", "ssa(sv)a(sa(sv))", "labtool-0123456789ab.scope", "fail",
+        "12",
+        "Description", "s", "labtool container 0123456789ab",
+        "Slice", "s", "labtool-0123456789ab.slice",
+        "Delegate", "b", "true",
+        "PIDs", "au", "1", "4242",
+        "DefaultDependencies", "b", "false",
+        "CollectMode", "s", "inactive-or-failed",
+        "OOMPolicy", "s", "continue",
+        "MemoryMax", "t", str(64 << 20),
+        "MemorySwapMax", "t", str(36 << 20),                   # swap alone, as memory.swap.max
+        "CPUQuotaPerSecUSec", "t", "500000",                   # --cpus 0.5: cpu.max "50000 100000"
+        "AllowedCPUs", "ay", "1", "1",                         # a bit mask: CPU 0
+        "TasksMax", "t", "50",
+        "1", "labtool-0123456789ab.slice",                     # made in the same call
+        "2",
+        "Description", "s", "labtool container 0123456789ab: keeps its OOM count",
+        "CPUWeight", "t", "20",                                # --cpu-shares 512: the slice's weight
+    ]
+
+
+def test_systemd_scope_without_limits_and_the_cpu_mask():
+    from labtool.cgroups import systemd
+
+    argv = systemd.start_command(CID, 7, Resources(memory=32 << 20, memory_swap=-1))
+    assert argv[9] == "10"                                        # seven, memory's two, TasksMax
+    assert argv[argv.index("TasksMax") + 2] == str((1 << 64) - 1)  # no --pids-limit: none (systemd's default: 15%)
+    assert argv[argv.index("MemorySwapMax") + 2] == str((1 << 64) - 1)    # --memory-swap -1: infinity
+    assert argv[-6:] == ["1", "labtool-0123456789ab.slice", "1", "Description", "s",
+                         "labtool container 0123456789ab: keeps its OOM count"]
+    assert systemd.cpu_mask({0, 1, 9}) == [3, 2]
+
+
+class FakeSystemd:
+    """Just enough of systemd and busctl for one container: StartTransientUnit makes the
+    slice and scope directories and puts the pid in (a fake /proc/PID/cgroup); KillUnit and
+    StopUnit remove them; systemctl show answers ControlGroup."""
+
+    def __init__(self, mount, proc):
+        self.mount, self.proc, self.calls, self.units = mount, proc, [], {}
+
+    def __call__(self, argv):
+        self.calls.append(argv)
+        if argv[:2] == ["systemctl", "show"]:
+            return 0, self.units.get(argv[-1], "") + "\n", ""
+        if argv[:2] == ["busctl", "get-property"]:
+            return 1, "", "Unknown object"                   # jobs are done at once here
+        method, args = argv[5], argv[7:]
+        if method == "StartTransientUnit":
+            scope, pid = args[0], args[args.index("PIDs") + 3]
+            slice_ = args[args.index("Slice") + 2]
+            path = f"/labtool.slice/{slice_}/{scope}"
+            for unit, where in ((scope, path), (slice_, os.path.dirname(path)), ("labtool.slice", "/labtool.slice")):
+                self.units[unit] = where
+            os.makedirs(self.mount / path.lstrip("/"))
+            for d in (self.mount / "labtool.slice", self.mount / path.lstrip("/"), self.mount / os.path.dirname(path).lstrip("/")):
+                (d / "memory.events").write_text("low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n")
+            (self.mount / path.lstrip("/") / "cgroup.procs").write_text(pid)
+            (self.proc / pid).mkdir()
+            (self.proc / pid / "cgroup").write_text(f"0::{path}\n")
+            return 0, 'o "/org/freedesktop/systemd1/job/85"\n', ""
+        if args[0] not in self.units:
+            return 1, "", f"Call failed: Unit {args[0]} not loaded."
+        if method == "StopUnit":
+            import shutil
+            shutil.rmtree(self.mount / self.units[args[0]].lstrip("/"))
+            for unit in [u for u, where in self.units.items() if where.startswith(self.units[args[0]])]:
+                del self.units[unit]
+        return 0, 'o "/org/freedesktop/systemd1/job/86"\n', ""
+
+
+def test_systemd_cgroup_made_around_the_pid_limits_written_in_the_scope_then_stopped(tmp_path):
+    from labtool.cgroups import systemd
+
+    mount, proc = tmp_path / "cgroup", tmp_path / "proc"
+    mount.mkdir(), proc.mkdir()
+    fake = FakeSystemd(mount, proc)
+    attached = []
+    tree = systemd.Tree(str(mount), attach_devices=lambda d, rules: attached.append(d), run=fake,
+                        lock=str(tmp_path / "lock"), proc=str(proc))
+    cgroup = tree.cgroup(CID)
+    assert not cgroup.exists()
+    res = Resources(memory=64 << 20, cpu_shares=512, pids_limit=50)
+    cgroup.create(4242, res)
+    scope = mount / "labtool.slice" / "labtool-0123456789ab.slice" / "labtool-0123456789ab.scope"
+    assert [c for c in fake.calls if "StartTransientUnit" in c] == [systemd.start_command(CID, 4242, res)]
+    assert cgroup.dir == str(scope) and cgroup.pids() == [4242]      # read from /proc/4242/cgroup
+    cgroup.apply(res, DEFAULT_RULES)
+    assert (scope / "memory.max").read_text() == str(64 << 20)       # as the cgroupfs driver writes it
+    assert (scope / "pids.max").read_text() == "50"
+    assert not (scope / "cpu.weight").exists()                        # the weight is the slice's
+    assert attached == [str(scope)]
+    (scope.parent / "memory.events").write_text("oom 1\noom_kill 1\n")   # the kernel counts it in the slice too
+    import shutil
+    shutil.rmtree(scope)                                              # systemd collects the empty scope
+    assert cgroup.oom_kills() == 1
+    cgroup.remove()
+    stops = [c[5:8] for c in fake.calls if c[:2] == ["busctl", "call"] and c[5] in ("KillUnit", "StopUnit")]
+    assert stops == [["StopUnit", "ss", "labtool.slice"]]            # the last container: all of it
+    assert not (mount / "labtool.slice").exists()
+
+
+def test_systemd_remove_kills_what_is_left_and_keeps_labtool_slice_for_others(tmp_path):
+    from labtool.cgroups import systemd
+
+    mount, proc = tmp_path / "cgroup", tmp_path / "proc"
+    mount.mkdir(), proc.mkdir()
+    fake = FakeSystemd(mount, proc)
+    tree = systemd.Tree(str(mount), attach_devices=lambda d, rules: None, run=fake,
+                        lock=str(tmp_path / "lock"), proc=str(proc))
+    (mount / "labtool.slice" / "labtool-another.slice").mkdir(parents=True)
+    tree.cgroup(CID).create(4242, Resources())
+    found = tree.cgroup(CID)                                          # as cgroups.find makes it
+    assert found.exists() and found.dir.endswith("/labtool-0123456789ab.scope")
+    found.remove()
+    calls = [c[5:8] for c in fake.calls if c[:2] == ["busctl", "call"]][1:]
+    assert calls == [["KillUnit", "ssi", "labtool-0123456789ab.scope"], ["StopUnit", "ss", "labtool-0123456789ab.slice"]]
+    assert sorted(os.listdir(mount / "labtool.slice")) == ["labtool-another.slice", "memory.events"]
+
+
+def test_reset_finds_the_labtool_units_systemd_has_loaded():
+    from labtool.cgroups import systemd
+
+    listing = ("  labtool-0123456789ab.slice loaded active active labtool container 0123456789ab\n"
+               "\u25cf labtool-0123456789ab.scope loaded failed failed labtool container 0123456789ab\n"
+               "  labtool.slice              loaded active active Slice /labtool\n"
+               "  labtool-vm.service         loaded active running not ours\n")
+    assert systemd.leftover_units(lambda argv: (0, listing, "")) == [
+        "labtool-0123456789ab.slice", "labtool-0123456789ab.scope", "labtool.slice"]

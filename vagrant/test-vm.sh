@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make test-vm`: the cgroup and namespace tests on a pure cgroup v2 machine.
+# `make test-vm`: the cgroup and namespace tests on a pure cgroup v2 machine, with and without systemd.
 #
 # The Vagrant box runs cgroup v2; CI machines may run v1 (a "hybrid" layout), where v2's
 # memory, cpu and pids files cannot be tested. So this script boots a small Debian 12 guest
@@ -7,19 +7,28 @@
 # it over 9p (read-only), runs the tests inside and reads the result back:
 #
 #   vagrant/test-vm.sh                   build the guest image if needed, boot, run the tests
-#   vagrant/test-vm.sh --run 'CMD'       the same guest, but run CMD (as root, in /repo) instead
+#   vagrant/test-vm.sh --systemd         the same image booted with systemd as PID 1 (as on the
+#                                        Vagrant box): labtool's systemd cgroup driver is used there
+#   vagrant/test-vm.sh [--systemd] --run 'CMD'   the same guest, but run CMD (as root, in /repo) instead
 #   vagrant/test-vm.sh --install-tools   only install the host tools (also `make test-tools`)
 #   vagrant/test-vm.sh --build           only build (or find) the guest image
 #
 # Its exit code is the guest's: pytest's (or CMD's). As root, on a Debian or Ubuntu host.
 #
+# Two ways to boot, one image. By default PID 1 is a small script (vagrant/test-vm/init) that
+# mounts what systemd would mount and runs the tests: the guest starts them about 16 s after
+# boot, and labtool's cgroupfs driver makes /sys/fs/cgroup/labtool/<id>. With --systemd, PID 1
+# is systemd (about 34 s to the tests), the unit vm-test.service runs the same script, and
+# labtool asks systemd for a delegated scope per container
+# (labtool.slice/labtool-<id12>.slice/labtool-<id12>.scope, see labtool/cgroups/systemd.py).
+#
 # The guest image (a debootstrap'ed Debian 12 as an ext4 disk, its kernel and initrd) is built
 # once and kept in $LABTOOL_VM_CACHE (default /var/cache/labtool/test-vm), under a key that is
 # a hash of everything that goes into it: the package list, build_image below and the guest's
-# init (vagrant/test-vm/init). Change any of them and the next run builds a new image and
-# removes the old one. The disk is booted with snapshot=on: a run never changes the cache.
-# Building needs the Debian archive (about 3 minutes); a cached run needs no network at all,
-# and the guest never has one (-nic none).
+# init and unit (vagrant/test-vm/init, vagrant/test-vm/vm-test.service). Change any of them and
+# the next run builds a new image and removes the old one. The disk is booted with snapshot=on:
+# a run never changes the cache. Building needs the Debian archive (about 3 minutes); a cached
+# run needs no network at all, and the guest never has one (-nic none).
 #
 # Why QEMU's TCG (a CPU emulated in software) and not KVM: on the CI machines /dev/kvm is a
 # paravirtual variant that does not run a stock kernel. TCG does, 7 to 50 times slower.
@@ -56,6 +65,7 @@ GUEST_PACKAGES=(
     busybox-static                                 # labtool's base image is made from /bin/busybox
     util-linux                                     # mountpoint, nsenter, ipcmk (test_namespaces)
     iproute2 iptables procps                       # as provision.sh installs on a lab machine
+    systemd dbus                                   # --systemd: PID 1, busctl and the system bus
 )
 # What this host needs to build and boot it; vagrant for tests/test_vagrant.py.
 HOST_TOOLS=("$QEMU_PKG" debootstrap debian-archive-keyring e2fsprogs vagrant)
@@ -97,6 +107,7 @@ build_image() {   # build_image DIR: fill DIR with disk.raw, vmlinuz, initrd.img
     kver=$(basename "$(ls -d "$root"/lib/modules/*)")
     echo "$kver" > "$out/kernel-version"
     install -m 755 "$HERE/test-vm/init" "$root/sbin/labtool-vm-init"
+    install -m 644 "$HERE/test-vm/vm-test.service" "$root/etc/systemd/system/vm-test.service"
     mkdir -p "$root/repo" "$root/results"
     echo labtool-vm > "$root/etc/hostname"
     # What a VM with no screen, sound, radio or network card never loads, and apt's leftovers:
@@ -113,7 +124,7 @@ build_image() {   # build_image DIR: fill DIR with disk.raw, vmlinuz, initrd.img
 }
 
 image_key() {
-    { printf '%s\n' "$SUITE" "$DEB_ARCH" "${GUEST_PACKAGES[@]}"; declare -f build_image; cat "$HERE/test-vm/init"; } |
+    { printf '%s\n' "$SUITE" "$DEB_ARCH" "${GUEST_PACKAGES[@]}"; declare -f build_image; cat "$HERE/test-vm/init" "$HERE/test-vm/vm-test.service"; } |
         sha256sum | cut -c1-16
 }
 
@@ -167,6 +178,17 @@ ensure_image() {   # sets IMAGE to the cached image's directory, building it if 
 
 # --- a run ----------------------------------------------------------------------------------
 
+INIT=script          # or systemd (--systemd)
+boot_args() {   # the kernel command line's part that picks PID 1
+    if [ "$INIT" = systemd ]; then
+        # systemd, which starts vm-test.service; no login prompt on the console, no status lines
+        echo "init=/lib/systemd/systemd systemd.wants=vm-test.service systemd.mask=serial-getty@$CONSOLE.service" \
+            "systemd.mask=getty.target systemd.show_status=0"
+    else
+        echo "init=/sbin/labtool-vm-init"
+    fi
+}
+
 RUN=
 cleanup_run() {
     if [ -n "$RUN" ]; then
@@ -189,14 +211,14 @@ run_guest() {   # run_guest [CMD]
     trap 'exit 130' INT TERM
     mkdir "$RUN/results"
     [ $# -eq 0 ] || printf '%s\n' "$1" > "$RUN/results/command"
-    say "booting the guest (QEMU TCG, $CPUS CPUs, $MEMORY MiB, no network; at most $TIMEOUT s)"
+    say "booting the guest with $INIT as PID 1 (QEMU TCG, $CPUS CPUs, $MEMORY MiB, no network; at most $TIMEOUT s)"
     local started=$SECONDS qrc=0
     # the QEMU process writes the guest's console to a file; tail shows it as it comes
     timeout -k 10 "$TIMEOUT" "$QEMU" "${MACHINE[@]}" -accel tcg,thread=multi -cpu max \
         -smp "$CPUS" -m "$MEMORY" -display none -monitor none -no-reboot -nic none \
         -serial "file:$RUN/console.log" -pidfile "$RUN/qemu.pid" \
         -kernel "$IMAGE/vmlinuz" -initrd "$IMAGE/initrd.img" \
-        -append "root=/dev/vda rw console=$CONSOLE quiet loglevel=3 panic=-1 systemd.unified_cgroup_hierarchy=1 init=/sbin/labtool-vm-init" \
+        -append "root=/dev/vda rw console=$CONSOLE quiet loglevel=3 panic=-1 systemd.unified_cgroup_hierarchy=1 $(boot_args)" \
         -drive "file=$IMAGE/disk.raw,format=raw,if=virtio,snapshot=on" \
         -virtfs "local,path=$REPO,mount_tag=repo,security_model=none,readonly=on,multidevs=remap" \
         -virtfs "local,path=$RUN/results,mount_tag=results,security_model=none" \
@@ -218,7 +240,7 @@ run_guest() {   # run_guest [CMD]
     if [ $# -eq 0 ]; then
         summary=$(grep -E '^=+ .*(passed|failed|error|no tests ran).* =+$' "$RUN/results/guest.log" |
             tail -1 | sed -E 's/^=+ (.*) =+$/\1/' || true)
-        say "cgroup v2 guest: ${summary:-no pytest summary line} (exit $rc)"
+        say "cgroup v2 guest ($INIT as PID 1): ${summary:-no pytest summary line} (exit $rc)"
     fi
     return "$rc"
 }
@@ -226,10 +248,14 @@ run_guest() {   # run_guest [CMD]
 # --- main -----------------------------------------------------------------------------------
 
 [ "$(id -u)" = 0 ] || die "run me as root (sudo $0): installing packages, debootstrap and the guest's 9p shares need it"
+if [ "${1:-}" = --systemd ]; then
+    INIT=systemd
+    shift
+fi
 case "${1:-}" in
     --install-tools) install_tools ;;
     --build) install_tools; ensure_image ;;
-    --run) [ $# -eq 2 ] || die "usage: $0 --run 'COMMAND'"; install_tools; ensure_image; run_guest "$2" ;;
+    --run) [ $# -eq 2 ] || die "usage: $0 [--systemd] --run 'COMMAND'"; install_tools; ensure_image; run_guest "$2" ;;
     "") install_tools; ensure_image; run_guest ;;
-    *) die "usage: $0 [--install-tools | --build | --run 'COMMAND']" ;;
+    *) die "usage: $0 [--install-tools | --build | [--systemd] [--run 'COMMAND']]" ;;
 esac

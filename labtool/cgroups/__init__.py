@@ -21,6 +21,13 @@ same small interface for both (``v1.py``, ``v2.py``), so the rest of labtool doe
 
 Every container gets a cgroup named after its id under one parent, ``labtool``, as
 Docker uses ``docker``; it is removed with the container.
+
+Who makes that cgroup is the *driver* (Docker's ``--exec-opt native.cgroupdriver``, runc's
+``--systemd-cgroup``). With ``cgroupfs`` labtool makes the directories itself. On a v2
+machine where systemd is PID 1 the tree is systemd's ("Control Group APIs and Delegation",
+https://systemd.io/CGROUP_DELEGATION/): there labtool asks systemd for a delegated unit per
+container instead (``systemd.py``). ``driver()`` decides; ``LABTOOL_CGROUP_DRIVER=cgroupfs``
+or ``=systemd`` forces one.
 """
 
 import os
@@ -64,16 +71,61 @@ def describe():
             "v1": "v1", "none": "none mounted"}[layout()]
 
 
+DRIVER_ENV = "LABTOOL_CGROUP_DRIVER"
+
+
+def driver(kind=None, env=None, systemd_dir=None):
+    """("systemd" or "cgroupfs", why): who makes the containers' cgroups on this machine.
+
+    systemd when the layout is v2 and systemd is PID 1 (``/run/systemd/system`` exists, as
+    sd_booted(3) checks); cgroupfs otherwise. ``LABTOOL_CGROUP_DRIVER`` forces one."""
+    from labtool.cgroups import systemd
+
+    kind = kind or layout()
+    env = os.environ if env is None else env
+    booted = systemd.running(systemd_dir or systemd.SYSTEMD_DIR)
+    forced = env.get(DRIVER_ENV, "")
+    if forced == "cgroupfs":
+        return "cgroupfs", f"{DRIVER_ENV}=cgroupfs: labtool makes the directories itself"
+    if forced == "systemd":
+        if kind != "v2":
+            raise LabtoolError(f"{DRIVER_ENV}=systemd needs a pure cgroup v2 machine; this one is {describe_kind(kind)}")
+        if not booted:
+            raise LabtoolError(f"{DRIVER_ENV}=systemd: systemd is not PID 1 here (no /run/systemd/system)")
+        return "systemd", f"{DRIVER_ENV}=systemd: a delegated scope per container"
+    if forced:
+        raise UsageError(f"invalid {DRIVER_ENV} '{forced}': use cgroupfs or systemd")
+    if kind != "v2":
+        return "cgroupfs", f"cgroup {describe_kind(kind)}: labtool makes a directory in each controller's tree"
+    if booted:
+        return "systemd", "systemd is PID 1 (/run/systemd/system) and owns the v2 tree: a delegated scope per container"
+    return "cgroupfs", "v2 without systemd (no /run/systemd/system): labtool makes /sys/fs/cgroup/labtool itself"
+
+
+def describe_kind(kind):
+    return {"v2": "v2", "hybrid": "v1 (hybrid)", "v1": "v1", "none": "not mounted"}[kind]
+
+
 def backend():
-    """The cgroup interface of this machine: a ``v1.Tree`` or a ``v2.Tree``."""
+    """The cgroup interface of this machine: a ``v1.Tree``, a ``v2.Tree`` or, under systemd,
+    a ``systemd.Tree``; its ``why`` says why that one."""
     kind = layout()
+    name, why = driver(kind)
     if kind in ("v1", "hybrid"):
         from labtool.cgroups import v1
-        return v1.Tree.from_mounts(mounts())
-    if kind == "v2":
-        from labtool.cgroups import v2
-        return v2.Tree([m for m, fstype, _ in mounts() if fstype == "cgroup2"][0])
-    raise LabtoolError("no cgroup filesystem is mounted: mount one on /sys/fs/cgroup, or run with --upto namespaces")
+        tree = v1.Tree.from_mounts(mounts())
+    elif kind == "v2":
+        mount = [m for m, fstype, _ in mounts() if fstype == "cgroup2"][0]
+        if name == "systemd":
+            from labtool.cgroups import systemd
+            tree = systemd.Tree(mount)
+        else:
+            from labtool.cgroups import v2
+            tree = v2.Tree(mount)
+    else:
+        raise LabtoolError("no cgroup filesystem is mounted: mount one on /sys/fs/cgroup, or run with --upto namespaces")
+    tree.why = why
+    return tree
 
 
 # --- units as Docker spells them ------------------------------------------------------------
@@ -154,21 +206,36 @@ def check(res):
 # --- the step, as runtime.py calls it -----------------------------------------------------
 
 def prepare(c):
-    """Host side: make the container's cgroup and write its limits, before the child runs."""
+    """Host side, before the child exists: pick the driver and check what can be checked
+    (systemd: is busctl there). Nothing is made yet: under systemd a cgroup is made around a
+    process (see ``started``)."""
     tree = backend()
+    explain.say("cgroups", f"driver {tree.driver}", tree.why)
+    tree.check()
     c.cgroup = tree.cgroup(c.id)
-    c.cgroup.create()
-    try:
-        c.cgroup.apply(c.spec.resources, devices.rules_for(c.devices))
-    except BaseException:
-        c.cgroup.remove()
-        raise
 
 
 def started(c, pid):
-    """Host side, while the child waits: move it into its cgroup. Everything it forks
-    from now on is born in there too."""
-    c.cgroup.add(pid)
+    """Host side, once the child exists: make its cgroup, write the limits, put the child
+    in. Everything it forks from now on is born in there too.
+
+    Why here and not in ``prepare``: under systemd a cgroup is made *around* a process
+    (StartTransientUnit with PIDs=, see ``systemd.py``), so it can only exist once the pid
+    does. Nothing runs unlimited meanwhile: the child is forked, says "ready", and then
+    blocks on its "go" pipe (``runtime._fork_and_release``) until every step's ``started``
+    has returned; only then does it exec the container's command. And with both drivers the
+    limits are in force before the pid lands: with cgroupfs labtool does mkdir, writes the
+    limits, then the pid into cgroup.procs; with systemd, systemd writes the limits it was
+    given as properties, then moves the pid in, and labtool writes the same files after it
+    (the pid is in already: no cgroup.procs). The device program (BPF on v2) is attached
+    with the limits. If anything fails, the runtime kills the waiting child and ``teardown``
+    removes what was made.
+    """
+    cgroup = c.cgroup
+    cgroup.create(pid, c.spec.resources)
+    cgroup.apply(c.spec.resources, devices.rules_for(c.devices))
+    if pid not in cgroup.pids():
+        cgroup.add(pid)
 
 
 def teardown(c):
@@ -184,9 +251,22 @@ def teardown(c):
 
 
 def find(container_id):
-    """The cgroup of a container that exists, or None (for ``stats``)."""
-    cgroup = backend().cgroup(container_id)
-    return cgroup if cgroup.exists() else None
+    """The cgroup of a container that exists, or None (for ``stats``, ``pause``, ``exec``,
+    ``top``, ``rm``). On v2 both drivers' places are looked at: a container made with
+    LABTOOL_CGROUP_DRIVER=cgroupfs is found without it, and the other way round."""
+    tree = backend()
+    trees = [tree]
+    if tree.version == "v2":
+        from labtool.cgroups import systemd, v2
+        if tree.driver == "systemd":
+            trees.insert(0, v2.Tree(tree.mount))           # a directory test first: no subprocess
+        elif systemd.running():
+            trees.append(systemd.Tree(tree.mount))
+    for candidate in trees:
+        cgroup = candidate.cgroup(container_id)
+        if cgroup.exists():
+            return cgroup
+    return None
 
 
 def write(path, value, why=""):

@@ -48,6 +48,10 @@ class Tree:
         return cls(found)
 
     version = "v1"
+    driver = "cgroupfs"
+
+    def check(self):
+        """Nothing to check before the child is forked."""
 
     def cgroup(self, container_id):
         return Cgroup(self, container_id)
@@ -76,7 +80,8 @@ class Cgroup:
 
     # --- making it ------------------------------------------------------------------------
 
-    def create(self):
+    def create(self, pid=None, res=None):
+        """mkdir in every controller's tree. (``pid`` and ``res``: for the systemd driver.)"""
         dirs = self.distinct_dirs()
         parents = sorted({os.path.dirname(d) for d in dirs if not os.path.isdir(os.path.dirname(d))})
         if parents:

@@ -18,8 +18,12 @@ The same names as v1 often mean other units: ``cpu.weight`` goes 1..10000 (defau
 100) where ``cpu.shares`` went 2..262144 (default 1024); ``cpu.max`` is "QUOTA PERIOD"
 in one file; ``memory.swap.max`` is swap alone, not memory plus swap.
 
-Under systemd the tree belongs to systemd; it leaves alone a top-level directory it did
-not make (as docker's cgroupfs driver relies on), which is where ``labtool/`` goes.
+This is the *cgroupfs* driver: labtool makes ``labtool/`` at the top of the tree itself.
+That is right where nothing else manages the tree (the ``make test-vm`` guest without
+systemd, a container). Where systemd is PID 1 the tree is systemd's and ``systemd.py`` asks it
+for a delegated scope instead; ``LABTOOL_CGROUP_DRIVER=cgroupfs`` still picks this driver
+there (systemd leaves alone a top-level directory it did not make, as docker's cgroupfs
+driver relies on, but that breaks systemd's single-writer rule).
 """
 
 import os
@@ -42,6 +46,7 @@ class Tree:
     """
 
     version = "v2"
+    driver = "cgroupfs"
 
     def __init__(self, mount, attach_devices=None):
         self.mount = mount
@@ -49,6 +54,9 @@ class Tree:
 
     def cgroup(self, container_id):
         return Cgroup(self, container_id)
+
+    def check(self):
+        """Nothing to check before the child is forked (see ``systemd.Tree.check``)."""
 
     def parent_dir(self):
         return os.path.join(self.mount, PARENT)
@@ -79,7 +87,9 @@ class Cgroup:
 
     # --- making it ------------------------------------------------------------------------
 
-    def create(self):
+    def create(self, pid=None, res=None):
+        """mkdir: the parent first, with its controllers handed down. (``pid`` and ``res``
+        are for the systemd driver, which makes a cgroup around a process, with its limits.)"""
         parent = self.tree.parent_dir()
         self.tree.enable_controllers(self.tree.mount)
         if not os.path.isdir(parent):
