@@ -17,6 +17,17 @@ def cgroup_version():
     return {"v2": "v2", "hybrid": "v1 (hybrid)", "v1": "v1", "none": "none"}[cgroups.layout()]
 
 
+def cgroup_driver():
+    """cgroupfs (labtool makes the directories) or systemd (a delegated scope per container)."""
+    from labtool import cgroups
+    from labtool.errors import LabtoolError
+
+    try:
+        return cgroups.driver()[0]
+    except LabtoolError as e:
+        return f"none ({e})"
+
+
 def storage_driver():
     """The driver the next container gets, and why when it is not overlay."""
     if os.environ.get("LABTOOL_STORAGE") == "vfs":
@@ -45,6 +56,7 @@ def info():
         ("Storage Driver", driver),
         *([(" Why", why)] if why else []),
         ("Cgroup Version", cgroup_version()),
+        ("Cgroup Driver", cgroup_driver()),
         ("Kernel Version", os.uname().release),
         ("Labtool Root Dir", paths.lib_dir()),
     ]
