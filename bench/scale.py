@@ -48,6 +48,9 @@ import sys
 import tempfile
 import time
 
+# the same helpers as the start-up benchmark next to this file
+from startup import labtool_version, mounts_under  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_PYTHON = "/opt/labtool/venv/bin/python"
 UNSET_FOR_LABTOOL = ("PYTHONDONTWRITEBYTECODE",)     # as in startup.py: keep compiled bytecode
@@ -56,26 +59,6 @@ TARGET_PSS_KB = 3 * 1024                              # issue 6: an idle supervi
 
 class Failed(Exception):
     """A command did not do what it should: the numbers would mean nothing."""
-
-
-def labtool_version():
-    head = subprocess.run(["git", "-C", REPO, "log", "-1", "--format=%h %s"],
-                          capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--", "labtool"],
-                           capture_output=True, text=True).stdout.strip()
-    return (head or "(not a git checkout)") + (" + uncommitted changes in labtool/" if dirty else "")
-
-
-def mounts_under(path):
-    """Mount points at or below ``path`` (from /proc/self/mountinfo), deepest first."""
-    path = os.path.realpath(path).rstrip("/")
-    found = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4])
-            if point == path or point.startswith(path + "/"):
-                found.append(point)
-    return sorted(found, key=len, reverse=True)
 
 
 def cgroup_dirs_of(ids):
