@@ -119,9 +119,15 @@ def parse_volume(text, cwd=None):
     if source.startswith(("./", "../")) or source in (".", ".."):
         source = os.path.abspath(os.path.join(cwd or os.getcwd(), source))
     kind = "bind" if source.startswith("/") else "volume"
-    mount = Mount(type=kind, target=target, source=source, read_only=mode == "ro")
+    mount = Mount(type=kind, target=_clean(target), source=source, read_only=mode == "ro")
     problem = mount_problem(mount)
     return _bad_volume(text, problem) if problem else mount
+
+
+def _clean(target):
+    """``/run/lock/test/`` -> ``/run/lock/test``, as Docker records it (a relative path stays
+    as it is, for mount_problem to refuse)."""
+    return os.path.normpath(target) if target.startswith("/") else target
 
 
 def _bad_volume(text, why):
@@ -133,7 +139,7 @@ def parse_tmpfs(text):
     from labtool.spec import Mount
 
     target, _, options = text.partition(":")
-    mount = Mount(type="tmpfs", target=target, options=[o for o in options.split(",") if o])
+    mount = Mount(type="tmpfs", target=_clean(target), options=[o for o in options.split(",") if o])
     problem = mount_problem(mount)
     if problem:
         raise UsageError(f"invalid --tmpfs '{text}': {problem}")

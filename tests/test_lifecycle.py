@@ -306,3 +306,10 @@ def test_exec_i_and_t(run, names):
     p = run("exec", "-t", name, "sh", "-c", "tty; stty size")
     assert p.stdout.replace("\r", "") == "/dev/pts/0\n24 80\n"
     assert run("exec", name, "sh", "-c", "exit 5").returncode == 5
+
+
+def test_ps_command_column_quotes_arguments_with_spaces_as_docker(run, names):
+    name = names("quoted")
+    run("create", "--name", name, "busybox", "sh", "-c", "echo hi; sleep 5")
+    assert "\"sh -c 'echo hi; sle…\"" in ps_line(run, name)
+    assert "\"sh -c 'echo hi; sleep 5'\"" in run("ps", "-a", "--no-trunc").stdout

@@ -74,7 +74,9 @@ def command_text(record, full=False):
             entrypoint = list(image.entrypoint) if image else []
         if not args and config.get("entrypoint") is None and image:
             args = list(image.cmd)
-    text = " ".join(list(entrypoint) + list(args))
+    words = list(entrypoint) + list(args)
+    # Docker's daemon puts an argument with a space in single quotes: "sh -c 'echo hi'"
+    text = " ".join(words[:1] + [f"'{w}'" if " " in w else w for w in words[1:]])
     if not full and len(text) > 20:
         text = text[:19] + "…"
     return json.dumps(text, ensure_ascii=False)

@@ -204,6 +204,8 @@ class Supervisor:
         pidfd = os.pidfd_open(pid)
         sel.register(pidfd, selectors.EVENT_READ, "exit")
         raw = _RawTerminal() if (self.attached and self.c.spec.tty and os.isatty(0)) else None
+        if raw and stdin is not None:        # our window resized: so is the container's terminal
+            signal.signal(signal.SIGWINCH, lambda *_: _set_window_size(stdin, 0))
         if stdin is not None:
             sel.register(0, selectors.EVENT_READ, "stdin")
         try:
