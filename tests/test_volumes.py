@@ -241,7 +241,7 @@ def test_a_volume_on_etc_keeps_the_containers_hostname(run, names):
 
 def test_a_trailing_slash_is_cleaned_from_the_destination(run, names):
     name = names("slash")
-    run("create", "--name", name, "-v", "/data/", "busybox", "true")
+    run("run", "--name", name, "-v", "/data/", "busybox", "true")
     mounts = json.loads(run("inspect", name).stdout)[0]["Mounts"]
     run("rm", "-v", name)
     assert [m["Destination"] for m in mounts] == ["/data"]
