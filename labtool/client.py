@@ -23,7 +23,7 @@ import signal
 import socket
 import sys
 
-from labtool import paths
+from labtool import paths, process
 
 IN_PROCESS = {"reset", "system", "notebooks"}
 RELAYED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH, signal.SIGUSR1,
@@ -104,21 +104,11 @@ def ask(conn, argv):
     request = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ),
                           "package": package_dir()}).encode()
     socket.send_fds(conn, [request], [0, 1, 2])
-    worker = 0
-
-    def relay(signum, _frame):
-        if worker:
-            try:
-                os.kill(worker, signum)
-            except ProcessLookupError:
-                pass
-    for sig in RELAYED:
-        signal.signal(sig, relay)
     while True:
         reply = conn.recv(4096).decode()
         word, _, value = reply.partition(" ")
-        if word == "pid":
-            worker = int(value)
+        if word == "pid":                        # from now on Ctrl-C and friends go to the worker
+            process.forward_signals(int(value), RELAYED)
         elif word == "exit":
             return int(value)
         elif word == "stale":                    # the daemon runs other code than ours

@@ -10,6 +10,8 @@
 so the tests can work in a temporary root and leave the real one alone.
 """
 
+import contextlib
+import fcntl
 import os
 
 
@@ -41,3 +43,16 @@ def container_dir(container_id):
 
 def volumes_dir():
     return os.path.join(lib_dir(), "volumes")
+
+
+@contextlib.contextmanager
+def locked(path):
+    """Hold an exclusive lock (flock(2)) on the file ``path`` against other labtool processes;
+    the lock goes with the file descriptor, so a killed holder never leaves it taken."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

@@ -72,16 +72,14 @@ from ``/proc/PID/cgroup`` once the pid is in, and ``find()`` asks systemd for a 
 ``ControlGroup`` property (``systemctl show``).
 """
 
-import fcntl
 import os
 import shlex
 import shutil
 import subprocess
 import time
-from contextlib import contextmanager
 from dataclasses import replace
 
-from labtool import explain
+from labtool import explain, paths
 from labtool.cgroups import kill_all, read, remove_dir, short, v2
 from labtool.errors import LabtoolError
 
@@ -202,19 +200,6 @@ def _run(argv):
     return p.returncode, p.stdout, p.stderr
 
 
-@contextmanager
-def _locked(path=LOCK):
-    """A lock across labtool processes: no container's scope is made while ``labtool.slice``
-    is being stopped for being empty (which would stop the new scope with it)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 def _not_loaded(stderr):
     return "not loaded" in stderr or "NoSuchUnit" in stderr
 
@@ -287,7 +272,7 @@ class Tree(v2.Tree):
         driver removes ``labtool/``. Under the lock, so that no scope is being made meanwhile.
         True once the directory is gone. Without a unit (``labtool reset``): labtool.slice if
         it is empty."""
-        with _locked(self.lock):
+        with paths.locked(self.lock):
             parent_dir = parent_dir or self.control_group(SLICE)
             try:
                 others = [n for n in os.listdir(parent_dir or "/nonexistent")
@@ -346,7 +331,7 @@ class Cgroup(v2.Cgroup):
             raise LabtoolError("a systemd scope is made around a process: create(pid, res)")
         res = res or _no_limits()
         for attempt in (1, 2):
-            with _locked(self.tree.lock):
+            with paths.locked(self.tree.lock):
                 try:
                     answer = self.tree.call("StartTransientUnit", START_SIGNATURE,
                                             argv=start_command(self.id, pid, res))

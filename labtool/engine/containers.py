@@ -12,8 +12,6 @@ file under /run/labtool/locks), and is written to a new file renamed over the ol
 so that a reader never sees half a file.
 """
 
-import contextlib
-import fcntl
 import json
 import os
 import time
@@ -98,17 +96,9 @@ def write_json(path, data):
     os.replace(tmp, path)
 
 
-@contextlib.contextmanager
 def lock(name):
     """Hold the lock ``name`` (a container id, or "names") against other labtool processes."""
-    directory = os.path.join(paths.run_dir(), "locks")
-    os.makedirs(directory, exist_ok=True)
-    fd = os.open(os.path.join(directory, name), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+    return paths.locked(os.path.join(paths.run_dir(), "locks", name))
 
 
 def state_path(container_id):
