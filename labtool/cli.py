@@ -93,6 +93,8 @@ def _container_flags(run):
     run.add_argument("--pid", default="private", metavar="MODE", help="PID namespace: private, host, container:NAME")
     run.add_argument("--ipc", default="private", metavar="MODE",
                      help="IPC namespace: private, shareable, host, container:NAME")
+    run.add_argument("--network", "--net", default="bridge", metavar="MODE",
+                     help="none, bridge (the default), host, container:NAME, or a network's name")
     run.add_argument("--uts", default="private", metavar="MODE", help="UTS namespace: private, host")
     run.add_argument("--userns", action="store_true",
                      help="a user namespace: root inside is uid 100000 outside")
@@ -222,7 +224,7 @@ def _spec(a):
     process.env += _env_files(a.env_file) + _env(a.env)
     spec = ContainerSpec(image=a.image, process=process, name=a.name, hostname=a.hostname,
                          upto=a.upto, explain=a.explain, remove=a.rm, init=a.init,
-                         namespaces=Namespaces(pid=a.pid, ipc=a.ipc, uts=a.uts,
+                         namespaces=Namespaces(pid=a.pid, net=a.network, ipc=a.ipc, uts=a.uts,
                                                user="private" if a.userns else "host"),
                          resources=_resources(a), tty=a.tty, interactive=a.interactive, restart=a.restart)
     if a.entrypoint is not None:       # one program, as in Docker ("" clears the image's)

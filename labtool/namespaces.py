@@ -55,14 +55,21 @@ def plan(spec, donor_pid):
     pid of the running container whose namespace ``container:NAME`` joins.
     """
     ns = spec.namespaces
-    result = {"mnt": None, "net": None, "cgroup": None}
-    for kind, mode, allowed in (("pid", ns.pid, ("private", "host", "container:")),
+    result = {"mnt": None, "cgroup": None}
+    # --network: "host" shares the host's stack; "container:NAME" joins another container's;
+    # "none", "bridge" or a network's name get a stack of their own (step 05 wires it up)
+    net = "host" if ns.net == "host" else ns.net if ns.net.startswith("container:") else "private"
+    for kind, mode, allowed in (("net", net, ("private", "host", "container:")),
+                                ("pid", ns.pid, ("private", "host", "container:")),
                                 ("uts", ns.uts, ("private", "host")),
                                 ("ipc", ns.ipc, ("private", "shareable", "host", "container:")),
                                 ("user", ns.user, ("private", "host"))):
         if mode.startswith("container:") and "container:" in allowed and mode != "container:":
             result[kind] = f"/proc/{donor_pid(mode.split(':', 1)[1], kind)}/ns/{kind}"
         elif mode not in allowed or mode == "container:":
+            if kind == "net":
+                raise UsageError(f"invalid --network value '{ns.net}': use none, bridge, host, "
+                                 f"container:NAME or a network's name")
             choices = ", ".join(a + "NAME" if a == "container:" else a for a in allowed)
             raise UsageError(f"invalid --{kind} value '{mode}': use {choices}")
         elif mode != "host":

@@ -47,6 +47,7 @@ class Namespaces:
     """
 
     pid: str = "private"
+    net: str = "bridge"              # --network: none, bridge, host, container:NAME, or a network's name
     uts: str = "private"
     ipc: str = "private"
     user: str = "host"               # "private" (--userns): root inside, uid 100000 outside

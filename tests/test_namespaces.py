@@ -28,6 +28,17 @@ def test_network_namespace_has_only_loopback_and_it_is_up(run):
     assert run("run", "--rm", "busybox", "ping", "-c", "1", "-W", "1", "127.0.0.1").returncode == 0
 
 
+def test_network_host_and_container_modes(run, background):
+    host_links = len(os.listdir("/sys/class/net"))
+    p = run("run", "--rm", "--network", "host", "busybox", "ip", "-o", "link")
+    assert len(p.stdout.splitlines()) == host_links          # --network host: the host's own links
+    pid = background("net-a")
+    p = run("run", "--rm", "--net", "container:net-a", "busybox", "readlink", "/proc/self/ns/net")
+    assert p.stdout.strip() == os.readlink(f"/proc/{pid}/ns/net")    # one stack, shared
+    p = run("run", "--rm", "--net", "container:", "busybox", "true")
+    assert p.returncode == 125 and p.stderr.startswith("labtool: invalid --network value 'container:'")
+
+
 def test_a_mount_inside_is_invisible_outside(run):
     # mounting needs CAP_SYS_ADMIN, which a container's root no longer has (step 06): give it back
     p = run("run", "--rm", "--cap-add", "SYS_ADMIN", "busybox", "sh", "-c",
