@@ -80,6 +80,20 @@ class Capabilities:
 
 
 @dataclass
+class Network:
+    """Step 05: how the container meets the network, besides --network itself (Docker's
+    NetworkingConfig and HostConfig.PortBindings, .PublishAllPorts, .Links, .Dns, .ExtraHosts)."""
+
+    aliases: list = field(default_factory=list)     # --network-alias: more names on its network
+    dns: list = field(default_factory=list)         # --dns: nameservers for /etc/resolv.conf
+    add_hosts: list = field(default_factory=list)   # --add-host NAME:IP, lines of /etc/hosts
+    links: list = field(default_factory=list)       # --link NAME[:ALIAS] (the default bridge's old way)
+    publish: list = field(default_factory=list)     # -p [IP:][HOST:]CTR[/PROTO], as given
+    publish_all: bool = False                       # -P: every exposed port, to a random host port
+    expose: list = field(default_factory=list)      # --expose PORT[/PROTO]
+
+
+@dataclass
 class ContainerSpec:
     """One container, as asked for on the command line."""
 
@@ -104,6 +118,7 @@ class ContainerSpec:
     tty: bool = False                # -t: a pseudo-terminal for the command
     interactive: bool = False        # -i: keep stdin open (the caller's, when attached)
     restart: str = "no"              # --restart no | on-failure[:N] | always | unless-stopped
+    network: Network = field(default_factory=Network)   # step 05 (the mode is namespaces.net)
 
 
 def from_dict(d):
@@ -114,4 +129,5 @@ def from_dict(d):
     d["resources"] = Resources(**d.get("resources", {}))
     d["capabilities"] = Capabilities(**d.get("capabilities", {}))
     d["mounts"] = [Mount(**m) for m in d.get("mounts", [])]
+    d["network"] = Network(**d.get("network", {}))
     return ContainerSpec(**d)

@@ -1,0 +1,53 @@
+"""Names of the host objects step 05 makes, so that each can be found again (DESIGN.md).
+
+A network interface name has at most 15 characters (IFNAMSIZ - 1, man 7 netdevice), and
+all labtool roots on one machine share one list of links: a test run, a notebook and a
+lecturer's labtool may work side by side. So every name carries a short *tag* of its root:
+
+    lt0            the default bridge of the default root (/var/lib/labtool)  - Docker: docker0
+    lt-<id12>      the bridge of a user-defined network                        - Docker: br-<id12>
+    ltv-<hash11>   the host end of a container's veth pair                     - Docker: veth<hash>
+
+and under LABTOOL_ROOT=/some/dir the same with four hex digits of that root in them:
+``lt9f3a0``, ``lt9f3a-<id8>``, ``ltv9f3a-<hash7>``. ``labtool reset`` there removes only
+its own; the test suite's host-state guard ignores the others.
+"""
+
+import hashlib
+import os
+
+from labtool import paths
+
+
+def tag():
+    """"" for the default root, else 4 hex digits of the root's path."""
+    if not os.environ.get("LABTOOL_ROOT"):
+        return ""
+    return hashlib.sha256(os.path.realpath(paths.lib_dir()).encode()).hexdigest()[:4]
+
+
+def default_bridge():
+    return f"lt{tag()}0"
+
+
+def bridge_for(network_id):
+    return f"lt{tag()}-{network_id}"[:15]
+
+
+def veth_for(container_id, network_id):
+    """The host end of the veth pair that plugs ``container_id`` into ``network_id``."""
+    digest = hashlib.sha256(f"{container_id}/{network_id}".encode()).hexdigest()
+    return f"ltv{tag()}-{digest}"[:15]
+
+
+def is_ours(ifname):
+    """True for a link this root made (bridge or veth)."""
+    t = tag()
+    return ifname.startswith((f"lt{t}0", f"lt{t}-", f"ltv{t}-")) and (t or not _tagged(ifname))
+
+
+def _tagged(ifname):
+    """A link of a LABTOOL_ROOT run (``lt`` or ``ltv`` + 4 hex digits), seen from the default root."""
+    rest = ifname[3:] if ifname.startswith("ltv") else ifname[2:]
+    head = rest[:4]
+    return len(head) == 4 and all(ch in "0123456789abcdef" for ch in head) and rest[4:5] in ("0", "-")
