@@ -55,6 +55,7 @@ def _parser():
     ex.add_argument("args", nargs=argparse.REMAINDER, metavar="CMD")
 
     sub.add_parser("images", help="list images")
+    _network_commands(sub)
     _storage_commands(sub)
 
     _lifecycle_commands(sub)
@@ -96,6 +97,17 @@ def _container_flags(run):
     run.add_argument("--network", "--net", default="bridge", metavar="MODE",
                      help="none, bridge (the default), host, container:NAME, or a network's name")
     run.add_argument("--uts", default="private", metavar="MODE", help="UTS namespace: private, host")
+    net = run.add_argument_group("network (step 05)")
+    net.add_argument("--publish", "-p", action="append", default=[], metavar="[IP:][HOST:]CTR[/PROTO]",
+                     help="publish a container port on the host, e.g. 8080:80")
+    net.add_argument("--publish-all", "-P", action="store_true", help="publish every exposed port to a random one")
+    net.add_argument("--expose", action="append", default=[], metavar="PORT[/PROTO]", help="expose a port")
+    net.add_argument("--link", action="append", default=[], metavar="NAME[:ALIAS]",
+                     help="a legacy link to a running container on the default bridge")
+    net.add_argument("--network-alias", action="append", default=[], metavar="ALIAS",
+                     help="one more name on a user-defined network")
+    net.add_argument("--dns", action="append", default=[], metavar="IP", help="a nameserver for the container")
+    net.add_argument("--add-host", action="append", default=[], metavar="NAME:IP", help="a line of /etc/hosts")
     run.add_argument("--userns", action="store_true",
                      help="a user namespace: root inside is uid 100000 outside")
     run.add_argument("--init", action="store_true", help="a tiny init as PID 1 that reaps and forwards signals")
@@ -168,6 +180,29 @@ def _lifecycle_commands(sub):
     system.add_argument("action", choices=["boot", "stop-daemon"])
 
 
+def _network_commands(sub):
+    """Step 05's commands: network create|ls|inspect|rm|prune|connect|disconnect, port."""
+    network = sub.add_parser("network", help="manage networks: create, ls, inspect, rm, prune, connect, disconnect")
+    network.add_argument("action", choices=NETWORK_ACTIONS)
+    network.add_argument("names", nargs="*", metavar="NAME")
+    network.add_argument("--driver", "-d", default="bridge", help="create: the driver (bridge)")
+    network.add_argument("--subnet", default="", metavar="CIDR", help="create: e.g. 10.10.0.0/24")
+    network.add_argument("--gateway", default="", metavar="IP", help="create: the bridge's address")
+    network.add_argument("--ip-range", default="", metavar="CIDR", help="create: containers' addresses from here")
+    network.add_argument("--opt", "-o", action="append", default=[], metavar="KEY=VALUE", help="create: icc=false")
+    network.add_argument("--alias", action="append", default=[], metavar="ALIAS", help="connect: one more name")
+    network.add_argument("--force", "-f", action="store_true", help="prune: do not ask; disconnect: force")
+    network.add_argument("--quiet", "-q", action="store_true", help="ls: only the ids")
+    port = sub.add_parser("port", help="the published ports of a container")
+    port.add_argument("container")
+    port.add_argument("private", nargs="?", metavar="PORT[/PROTO]")
+
+
+# labtool network ACTION and what follows it
+NETWORK_ACTIONS = {"create": "NAME", "ls": "", "inspect": "NETWORK...", "rm": "NETWORK...", "prune": "",
+                   "connect": "NETWORK CONTAINER", "disconnect": "NETWORK CONTAINER"}
+
+
 def _storage_flags(run):
     """Step 04's flags of ``labtool run``."""
     run.add_argument("--volume", "-v", action="append", default=[], metavar="[SRC:]DST[:ro]",
@@ -218,7 +253,7 @@ def _env(flags):
 def _spec(a):
     """The ContainerSpec that the flags of ``run`` / ``create`` describe."""
     from labtool import capabilities, mounts
-    from labtool.spec import Capabilities, ContainerSpec, Namespaces, Process
+    from labtool.spec import Capabilities, ContainerSpec, Namespaces, Network, Process
 
     process = Process(args=a.args, cwd=a.workdir, user=a.user)
     process.env += _env_files(a.env_file) + _env(a.env)
@@ -233,6 +268,8 @@ def _spec(a):
     spec.read_only, spec.volumes_from = a.read_only, a.volumes_from
     spec.capabilities = Capabilities(add=a.cap_add, drop=a.cap_drop,
                                      no_new_privileges=capabilities.parse_security_opt(a.security_opt))
+    spec.network = Network(aliases=a.network_alias, dns=a.dns, add_hosts=a.add_host, links=a.link,
+                           publish=a.publish, publish_all=a.publish_all, expose=a.expose)
     return spec
 
 
@@ -585,6 +622,83 @@ def cmd_volume(a):
     return 0
 
 
+def cmd_network(a):
+    import json
+
+    from labtool import network
+    from labtool.network import store
+
+    _needs_root("labtool network")
+    usage = NETWORK_ACTIONS[a.action]
+    wanted = len(usage.split()) if "..." not in usage else None
+    if (wanted is None and not a.names) or (wanted is not None and len(a.names) != wanted):
+        raise UsageError(f"usage: labtool network {a.action} {usage}".rstrip())
+    if a.action == "create":
+        options = {}
+        for item in a.opt:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise UsageError(f"invalid option {item!r}: KEY=VALUE, e.g. icc=false")
+            options[key] = value
+        print(store.create(a.names[0], a.driver, a.subnet, a.gateway, a.ip_range, options)["Id"])
+    elif a.action == "ls":
+        store.find(store.DEFAULT)                     # Docker's bridge is always there
+        rows = [(n["Id"][:12], n["Name"], n["Driver"]) for n in store.all_networks()]
+        rows += [("host", "host", "host"), ("none", "none", "null")]
+        if a.quiet:
+            print("\n".join(r[0] for r in rows))
+            return 0
+        print(f"{'NETWORK ID':<15}{'NAME':<20}{'DRIVER':<10}SCOPE")
+        for network_id, name, driver in rows:
+            print(f"{network_id:<15}{name:<20}{driver:<10}local")
+    elif a.action == "inspect":
+        found, failed = [], 0
+        for name in a.names:
+            try:
+                found.append(store.inspect(store.find(name)))
+            except LabtoolError as e:
+                print(f"labtool: {e}", file=sys.stderr)
+                failed += 1
+        print(json.dumps(found, indent=4))
+        return 1 if failed else 0
+    elif a.action == "rm":
+        failed = 0
+        for name in a.names:
+            try:
+                store.remove(name)
+                print(name)
+            except LabtoolError as e:
+                print(f"labtool: {e}", file=sys.stderr)
+                failed += 1
+        return 1 if failed else 0
+    elif a.action == "prune":
+        if not a.force:
+            print("WARNING! This will remove all custom networks not used by at least one container.\n"
+                  "Are you sure you want to continue? [y/N] ", end="", flush=True)
+            if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+                return 0
+        removed = store.prune()
+        if removed:
+            print("Deleted Networks:", *removed, sep="\n")
+    elif a.action == "connect":
+        network.connect(a.names[0], a.names[1], a.alias)
+    elif a.action == "disconnect":
+        network.disconnect(a.names[0], a.names[1], a.force)
+    return 0
+
+
+def cmd_port(a):
+    from labtool.engine import containers
+    from labtool.network import ports
+
+    record = containers.find(a.container)
+    bindings = [ports.PortBinding.from_state(d) for d in record.state.get("Ports", [])] if record.running_pid else []
+    lines = ports.lookup(bindings, a.private, a.container) if a.private else ports.format_port(bindings)
+    for line in lines:
+        print(line)
+    return 0
+
+
 def cmd_reset(a):
     from labtool import reset
 
@@ -607,6 +721,7 @@ COMMANDS.update({"create": cmd_create, "start": cmd_start, "stop": cmd_stop, "re
                  "kill": cmd_kill, "pause": cmd_pause, "unpause": cmd_pause, "wait": cmd_wait,
                  "rename": cmd_rename, "top": cmd_top, "ps": cmd_ps, "logs": cmd_logs, "system": cmd_system})
 COMMANDS.update({"stats": cmd_stats, "inspect": cmd_inspect})                      # step 03
+COMMANDS.update({"network": cmd_network, "port": cmd_port})                       # step 05
 COMMANDS.update({"rm": cmd_rm, "diff": cmd_diff, "commit": cmd_commit, "info": cmd_info,   # step 04
                  "volume": cmd_volume})
 

@@ -6,8 +6,9 @@ Everything labtool creates on the host is named so it can be found again (DESIGN
     processes        containers still running (their PID 1 is recorded in state.json)
     cgroups          the ``labtool`` cgroup in every hierarchy, with everything under it;
                      under systemd the units labtool.slice, labtool-*.slice, labtool-*.scope
-    network          bridges ``lt*``, veth ``ltv*``, network namespaces ``lt-*``
+    network          networks, bridges ``lt*``, veth ``ltv*``, network namespaces ``lt-*``
     iptables         chains named ``LABTOOL*`` and the rules that jump to them
+                     (with LABTOOL_ROOT: only that root's links, networks and chains)
     state            containers and volumes (images too with ``--all``)
 
 Between two groups of learners a lecturer runs ``sudo labtool reset``.
@@ -114,19 +115,6 @@ def _stop_labtool_slice_if_empty():
         systemd.Tree(mount).stop_slice()
 
 
-def _links():
-    return [name for name in os.listdir("/sys/class/net") if name.startswith("lt")]
-
-
-def _remove_links(names):
-    from pyroute2 import IPRoute  # imported only when there is something to remove
-
-    with IPRoute() as ipr:
-        for name in names:
-            for index in ipr.link_lookup(ifname=name):
-                ipr.link("del", index=index)
-
-
 def _netns():
     return [n for n in os.listdir("/run/netns") if n.startswith("lt-")] if os.path.isdir("/run/netns") else []
 
@@ -159,6 +147,27 @@ def _remove_iptables_chain(table, chain):
     subprocess.run(["iptables", "-w", "-t", table, "-X", chain], check=False)
 
 
+def _records():
+    from labtool.engine import containers
+
+    return containers.all_records()
+
+
+def _forget_network(record):
+    """A container's veth pairs, rules and addresses (its processes are gone by now)."""
+    from labtool import network
+
+    network.cleanup(record.id)
+
+
+def _reset_network(own_root):
+    """The networks of this root and their bridges, this root's links and iptables rules
+    (``network.reset``); without LABTOOL_ROOT every ``lt*`` link."""
+    from labtool import network
+
+    return network.reset(own_root)
+
+
 def reset(images=False):
     """Remove everything; return one line per thing removed."""
     from labtool.engine import daemon
@@ -186,17 +195,19 @@ def reset(images=False):
                 os.rmdir(parent)            # the last container's cgroup takes the parent along
             except OSError:
                 pass                        # other containers still live there
-    for name in _netns():
-        _remove_netns(name)
-        said.append(f"removed network namespace {name}")
-    links = _links()
-    if links:
-        _remove_links(links)
-        said.append(f"removed links {' '.join(links)}")
-    for table, chain in _iptables_chains():
-        _remove_iptables_chain(table, chain)
-        said.append(f"removed iptables chain {chain} ({table})")
-    doomed = [paths.containers_dir(), os.path.join(paths.lib_dir(), "volumes"), paths.run_dir()]
+    for record in _records():
+        _forget_network(record)
+    if own is None:
+        for name in _netns():
+            _remove_netns(name)
+            said.append(f"removed network namespace {name}")
+    said += _reset_network(own is not None)
+    if own is None:
+        for table, chain in _iptables_chains():
+            _remove_iptables_chain(table, chain)
+            said.append(f"removed iptables chain {chain} ({table})")
+    doomed = [paths.containers_dir(), os.path.join(paths.lib_dir(), "volumes"), os.path.join(paths.lib_dir(), "networks"),
+              paths.run_dir()]
     if images:
         doomed += [paths.images_dir(), paths.layers_dir()]
     for path in doomed:

@@ -29,7 +29,8 @@ import termios
 import time
 from dataclasses import asdict, dataclass, field
 
-from labtool import capabilities, cgroups, explain, images, init, mounts, namespaces, overlay, paths, process, rootfs
+from labtool import (capabilities, cgroups, explain, images, init, mounts, namespaces, network, overlay, paths,
+                     process, rootfs)
 from labtool.cgroups import devices
 from labtool.engine import containers
 from labtool.errors import CommandNotExecutable, CommandNotFound, LabtoolError, UsageError
@@ -49,10 +50,11 @@ STEPS = [
     Step("namespaces", namespaces, "02-namespaces"),  # its own PIDs, hostname, mounts, IPC, net
     Step("cgroups", cgroups, "03-cgroups"),           # its share of memory, CPU, processes, devices
     Step("overlay", overlay, "04-overlay"),           # image layers shared, changes on top
+    Step("network", network, "05-networking"),        # a veth into a bridge, an address, published ports
     Step("capabilities", capabilities, "06-capabilities"),  # root's power, minus what a container need not do
 ]
 # Steps still to come, in the order their notebooks teach them.
-PLANNED = ["network"]
+PLANNED = []
 
 
 def active_steps(upto):
@@ -92,6 +94,7 @@ class Container:
     console_fd: int = -1              # -t: a unix socket on which the child sends its terminal
     console_size: tuple = (24, 80)    # -t: its rows and columns
     privileges: object = None         # step 06: a capabilities.Plan (None: root keeps everything)
+    network: object = None            # step 05: a network.Plan (None: the step is off)
 
 
 def new_container(spec):
@@ -136,6 +139,10 @@ def build(spec):
         raise UsageError("volumes, bind mounts, --tmpfs and --read-only come with step 04: "
                          "use --upto overlay or later")
     mounts.check_spec(spec)
+    if "network" in names:
+        c.network = network.plan(spec, image)
+    else:
+        network.check_flags(spec)
     if "capabilities" in names:
         c.privileges = capabilities.plan(spec.capabilities)
     elif spec.capabilities != type(spec.capabilities)():
@@ -189,12 +196,13 @@ def command_of(spec, image):
     return list(image.entrypoint) + (list(spec.process.args) or list(image.cmd))
 
 
-def environment(image, spec_env, hostname="", user=""):
-    """The image's ENV, then HOSTNAME and HOME, then -e flags: later ones win."""
+def environment(image, spec_env, hostname="", user="", links=()):
+    """The image's ENV, then HOSTNAME and HOME, then --link's variables, then -e flags: later ones win."""
     env = {}
     root = user.split(":")[0] in ("", "0", "root")
     home = [f"HOME={'/root' if root else '/'}"]     # (Docker takes it from /etc/passwd: root's is /root)
-    for item in list(image.env) + ([f"HOSTNAME={hostname}"] if hostname else []) + home + list(spec_env):
+    for item in (list(image.env) + ([f"HOSTNAME={hostname}"] if hostname else []) + home + list(links)
+                 + list(spec_env)):
         key, _, value = item.partition("=")
         env[key] = value
     return env
@@ -268,7 +276,8 @@ def _fork_and_release(c):
     argv = command_of(c.spec, c.image)
     if not argv:
         raise UsageError("no command given and the image has no CMD")
-    env = environment(c.image, c.spec.process.env, c.hostname, c.spec.process.user)
+    env = environment(c.image, c.spec.process.env, c.hostname, c.spec.process.user,
+                      c.network.env if c.network else ())
     errors_r, errors_w = os.pipe2(os.O_CLOEXEC)   # closes by itself when exec succeeds
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
     go_r, go_w = os.pipe()

@@ -241,10 +241,24 @@ def inspect(record):
             "CapAdd": capabilities.get("add") or None,      # as given, like docker: null when none
             "CapDrop": capabilities.get("drop") or None,
             "SecurityOpt": ["no-new-privileges"] if capabilities.get("no_new_privileges") else None,
+            "NetworkMode": config.get("namespaces", {}).get("net", "bridge"),
+            "PortBindings": _port_bindings(config),
+            "PublishAllPorts": config.get("network", {}).get("publish_all", False),
+            "Links": config.get("network", {}).get("links") or None,
+            "Dns": config.get("network", {}).get("dns", []),
+            "ExtraHosts": config.get("network", {}).get("add_hosts") or None,
         },
         "Mounts": record.mounts,
         "GraphDriver": _graph_driver(record.id),
+        "NetworkSettings": _network_settings(record),
     }
+
+
+def _network_settings(record):
+    """Step 05: addresses, networks and published ports (``network.settings``)."""
+    from labtool import network
+
+    return network.settings(record)
 
 
 def _effective_caps(pid):
@@ -256,6 +270,21 @@ def _effective_caps(pid):
         return names_of(read_sets(pid)["CapEff"]) if pid else None
     except (OSError, KeyError):
         return None
+
+
+def _port_bindings(config):
+    """-p as asked, in Docker's shape: {"80/tcp": [{"HostIp": "", "HostPort": "8080"}]}."""
+    from labtool.errors import LabtoolError
+    from labtool.network import ports
+
+    found = {}
+    try:
+        bindings = ports.parse_all(config.get("network", {}).get("publish", []))
+    except LabtoolError:
+        bindings = []
+    for b in bindings:
+        found.setdefault(b.key, []).append({"HostIp": b.host_ip, "HostPort": str(b.host_port or "")})
+    return found
 
 
 def _restart_policy(text):

@@ -159,8 +159,8 @@ def remove(name_or_id, force=False, volumes=False):
 
 
 def cleanup(record):
-    """What a killed supervisor could not undo: the cgroup and mounts of a dead container."""
-    from labtool import cgroups, mounts
+    """What a killed supervisor could not undo: the cgroup, mounts and network of a dead container."""
+    from labtool import cgroups, mounts, network
 
     try:
         cgroup = cgroups.find(record.id)
@@ -169,6 +169,7 @@ def cleanup(record):
     except LabtoolError:
         pass
     mounts.unmount_under(paths.container_dir(record.id))
+    network.cleanup(record.id)
 
 
 def top(name_or_id):

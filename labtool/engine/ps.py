@@ -110,9 +110,13 @@ def rows(all_=False, filters=(), full=False):
 
 
 def ports_text(record):
-    """PORTS: ``0.0.0.0:8080->80/tcp`` for each published port (step 05)."""
-    return ", ".join(f"{p.get('HostIp', '0.0.0.0')}:{p['HostPort']}->{p['ContainerPort']}/{p.get('Protocol', 'tcp')}"
-                     for p in record.state.get("Ports", []))
+    """PORTS: ``0.0.0.0:8080->80/tcp`` for each published port, ``443/tcp`` for one only exposed (step 05)."""
+    from labtool.network import ports
+
+    if record.status not in ("running", "paused"):
+        return ""
+    bindings = [ports.PortBinding.from_state(d) for d in record.state.get("Ports", [])]
+    return ports.format_ps(bindings, record.state.get("Exposed", []))
 
 
 def table(found):
