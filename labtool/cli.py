@@ -183,24 +183,29 @@ def _lifecycle_commands(sub):
 def _network_commands(sub):
     """Step 05's commands: network create|ls|inspect|rm|prune|connect|disconnect, port."""
     network = sub.add_parser("network", help="manage networks: create, ls, inspect, rm, prune, connect, disconnect")
-    network.add_argument("action", choices=NETWORK_ACTIONS)
-    network.add_argument("names", nargs="*", metavar="NAME")
-    network.add_argument("--driver", "-d", default="bridge", help="create: the driver (bridge)")
-    network.add_argument("--subnet", default="", metavar="CIDR", help="create: e.g. 10.10.0.0/24")
-    network.add_argument("--gateway", default="", metavar="IP", help="create: the bridge's address")
-    network.add_argument("--ip-range", default="", metavar="CIDR", help="create: containers' addresses from here")
-    network.add_argument("--opt", "-o", action="append", default=[], metavar="KEY=VALUE", help="create: icc=false")
-    network.add_argument("--alias", action="append", default=[], metavar="ALIAS", help="connect: one more name")
-    network.add_argument("--force", "-f", action="store_true", help="prune: do not ask; disconnect: force")
-    network.add_argument("--quiet", "-q", action="store_true", help="ls: only the ids")
+    actions = network.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
+    create = actions.add_parser("create", help="a user-defined bridge network")
+    create.add_argument("--driver", "-d", default="bridge", help="the driver (bridge)")
+    create.add_argument("--subnet", default="", metavar="CIDR", help="e.g. 10.10.0.0/24 (default: a free one)")
+    create.add_argument("--gateway", default="", metavar="IP", help="the bridge's address (default: the first)")
+    create.add_argument("--ip-range", default="", metavar="CIDR", help="containers' addresses from this range")
+    create.add_argument("--opt", "-o", action="append", default=[], metavar="KEY=VALUE",
+                        help="icc=false: containers on it may not talk to each other")
+    create.add_argument("name")
+    actions.add_parser("ls", help="list networks").add_argument("--quiet", "-q", action="store_true")
+    actions.add_parser("inspect", help="networks as JSON").add_argument("names", nargs="+", metavar="NETWORK")
+    actions.add_parser("rm", help="remove networks").add_argument("names", nargs="+", metavar="NETWORK")
+    actions.add_parser("prune", help="remove unused networks").add_argument("--force", "-f", action="store_true")
+    connect = actions.add_parser("connect", help="connect a container to a network (live)")
+    connect.add_argument("--alias", action="append", default=[], metavar="ALIAS", help="one more name on it")
+    disconnect = actions.add_parser("disconnect", help="disconnect a container from a network (live)")
+    disconnect.add_argument("--force", "-f", action="store_true")
+    for p in (connect, disconnect):
+        p.add_argument("network")
+        p.add_argument("container")
     port = sub.add_parser("port", help="the published ports of a container")
     port.add_argument("container")
     port.add_argument("private", nargs="?", metavar="PORT[/PROTO]")
-
-
-# labtool network ACTION and what follows it
-NETWORK_ACTIONS = {"create": "NAME", "ls": "", "inspect": "NETWORK...", "rm": "NETWORK...", "prune": "",
-                   "connect": "NETWORK CONTAINER", "disconnect": "NETWORK CONTAINER"}
 
 
 def _storage_flags(run):
@@ -629,10 +634,6 @@ def cmd_network(a):
     from labtool.network import store
 
     _needs_root("labtool network")
-    usage = NETWORK_ACTIONS[a.action]
-    wanted = len(usage.split()) if "..." not in usage else None
-    if (wanted is None and not a.names) or (wanted is not None and len(a.names) != wanted):
-        raise UsageError(f"usage: labtool network {a.action} {usage}".rstrip())
     if a.action == "create":
         options = {}
         for item in a.opt:
@@ -640,7 +641,7 @@ def cmd_network(a):
             if not sep:
                 raise UsageError(f"invalid option {item!r}: KEY=VALUE, e.g. icc=false")
             options[key] = value
-        print(store.create(a.names[0], a.driver, a.subnet, a.gateway, a.ip_range, options)["Id"])
+        print(store.create(a.name, a.driver, a.subnet, a.gateway, a.ip_range, options)["Id"])
     elif a.action == "ls":
         store.find(store.DEFAULT)                     # Docker's bridge is always there
         rows = [(n["Id"][:12], n["Name"], n["Driver"]) for n in store.all_networks()]
@@ -681,9 +682,9 @@ def cmd_network(a):
         if removed:
             print("Deleted Networks:", *removed, sep="\n")
     elif a.action == "connect":
-        network.connect(a.names[0], a.names[1], a.alias)
+        network.connect(a.network, a.container, a.alias)
     elif a.action == "disconnect":
-        network.disconnect(a.names[0], a.names[1], a.force)
+        network.disconnect(a.network, a.container, a.force)
     return 0
 
 

@@ -107,11 +107,33 @@ def _held_by_another_run(cgroup_dir):
     return bool(pids) and all(_another_runs(pid) for pid in pids)
 
 
+def _links():
+    """Network links; those another labtool root made (``lt<tag>...``, see labtool/network/naming.py)
+    are that run's business, ours must all be gone."""
+    from labtool.network import naming
+
+    return sorted(name for name in os.listdir("/sys/class/net") if not name.startswith("lt") or naming.is_ours(name))
+
+
 def _iptables():
+    """iptables rules; another root's chains (``LABTOOL-<tag>-...``) and the jumps into them left out."""
+    import re
+
+    from labtool.network import publish
+
     if not shutil.which("iptables-save"):
         return []
     out = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
-    return [line.split(" [")[0] for line in out.splitlines() if line and not line.startswith("#")]
+    ours = publish.root_tag()
+    lines = []
+    for line in out.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        tags = {m.group(1) or "" for m in re.finditer(r"\bLABTOOL(?:-([0-9a-f]{6}))?-[A-Z]+\b", line)}
+        if tags and ours not in tags:
+            continue
+        lines.append(line.split(" [")[0])
+    return lines
 
 
 def _foreign_processes():
@@ -143,7 +165,7 @@ def _foreign_processes():
 def host_state():
     return {
         "mounts": _mounts(),
-        "links": sorted(os.listdir("/sys/class/net")),
+        "links": _links(),
         "netns": sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else [],
         "cgroups": _cgroups(),
         "iptables": _iptables(),

@@ -128,7 +128,6 @@ def prepare(c):
     try:
         if _on_networks(p.mode):
             _take_addresses(c)
-            p.published = _choose_host_ports(c)
             p.env = _link_env(c)
         _write_etc(c)
     except BaseException:
@@ -150,7 +149,7 @@ def started(c, pid):
                     address, int(prefixlen), network["IPAM"]["Config"][0]["Gateway"], endpoint["MacAddress"],
                     default_route=(n == 0))
         _update_endpoint(network, c.id, Interface=ifname)
-    firewall.container_started(c.id, p.endpoints, p.published, _link_records(c))
+    p.published = firewall.container_started(c.id, p.endpoints, p.bindings, _link_records(c))
     _attach_dns(c.id, pid, p.endpoints, p.dns)
     from labtool.engine import containers
 
@@ -202,27 +201,11 @@ def _take_addresses(c):
     config = containers.read_json(os.path.join(c.dir, "config.json")) or {"namespaces": {"net": c.network.mode}}
     for entry in store.attachments(c.id, config):
         network = store.find(entry["Network"])           # makes the default bridge the first time
+        store.ensure_bridge(network)
         network, endpoint = store.allocate(network["Id"], c.id, c.spec.name or c.id[:12], entry.get("Aliases", []))
         explain.say("network", f"ipam: {endpoint['IPv4Address']} on {network['Name']} "
                     f"({network['IPAM']['Config'][0]['Subnet']})", "the lowest address nobody holds")
         c.network.endpoints.append((network, endpoint))
-
-
-def _choose_host_ports(c):
-    """Every -p with a host port of 0 gets a free one; a port taken is an error, now."""
-    from labtool.network import firewall, ports
-
-    chosen, taken = [], set()
-    for b in c.network.bindings:
-        b = ports.PortBinding(b.container_port, b.protocol, b.host_ip, b.host_port, b.host_range)
-        if not b.host_port:
-            candidates = range(b.host_range[0], b.host_range[1] + 1) if b.host_range else None
-            b.host_port = ports.random_free_port(b.protocol, b.host_ip, taken | firewall.published_ports(),
-                                                 candidates)
-        firewall.check_port_free(b, c.id)
-        taken.add(b.host_port)
-        chosen.append(b)
-    return chosen
 
 
 def _link_records(c):
@@ -337,6 +320,7 @@ def connect(network_name, container, aliases=()):
         raise LabtoolError(f"endpoint with name {record.name} already exists in network {network['Name']}")
     pid = record.running_pid
     if pid:
+        store.ensure_bridge(network)
         network, endpoint = store.allocate(network["Id"], record.id, record.name, list(aliases))
         try:
             ifname = bridge.free_ifname(pid)

@@ -62,7 +62,6 @@ def make_bridge(ifname, gateway, prefixlen):
         except BaseException:
             ipr.link("del", index=index)
             raise
-    _sysctl(f"net/ipv4/conf/{ifname}/route_localnet", "1")   # lets DNAT to it come from 127.0.0.1
 
 
 def remove_link(ifname):
@@ -131,9 +130,3 @@ def links():
     """Names of all links on the host (``ip link``)."""
     with _iproute() as ipr:
         return [link.get_attr("IFLA_IFNAME") for link in ipr.get_links()]
-
-
-def _sysctl(name, value):
-    explain.say("network", f"write {value} > /proc/sys/{name}", "")
-    with open(f"/proc/sys/{name}", "w") as f:
-        f.write(value)

@@ -16,14 +16,15 @@ its own; the test suite's host-state guard ignores the others.
 import hashlib
 import os
 
-from labtool import paths
 
 
 def tag():
-    """"" for the default root, else 4 hex digits of the root's path."""
-    if not os.environ.get("LABTOOL_ROOT"):
+    """"" for the default root, else 4 hex digits of the root's path (the first 4 of the
+    6 that name its iptables chains, see publish.root_tag)."""
+    root = os.environ.get("LABTOOL_ROOT")
+    if not root:
         return ""
-    return hashlib.sha256(os.path.realpath(paths.lib_dir()).encode()).hexdigest()[:4]
+    return hashlib.sha256(os.path.realpath(root).encode()).hexdigest()[:4]
 
 
 def default_bridge():

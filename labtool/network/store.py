@@ -188,13 +188,34 @@ def _make(name, ifname, subnet="", gateway="", ip_range="", options=None, networ
         "Internal": False, "Attachable": False, "Ingress": False,
         "Containers": {}, "Options": options, "Labels": {},
     }
+    from labtool.network import firewall
+
     bridge.make_bridge(ifname, str(gw), net.prefixlen)
     try:
+        firewall.network_made(network, net, icc(network))
         save(network)
     except BaseException:
+        firewall.network_removed(network)
         bridge.remove_link(ifname)
         raise
     return network
+
+
+def ensure_bridge(network):
+    """Make a network's bridge again if it is gone (a reboot, a ``reset`` of another root),
+    as dockerd re-makes docker0 when it starts."""
+    from labtool.network import bridge
+
+    ifname = network["Options"]["com.docker.network.bridge.name"]
+    if bridge.exists(ifname):
+        return
+    with host_lock():
+        if not bridge.exists(ifname):
+            from labtool.network import firewall
+
+            config = network["IPAM"]["Config"][0]
+            bridge.make_bridge(ifname, config["Gateway"], subnet_of(network).prefixlen)
+            firewall.network_made(network, subnet_of(network), icc(network))
 
 
 def remove(name_or_id):
