@@ -111,7 +111,17 @@ def _iptables():
     if not shutil.which("iptables-save"):
         return []
     out = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
-    return [line.split(" [")[0] for line in out.splitlines() if line and not line.startswith("#")]
+    return [line.split(" [")[0] for line in out.splitlines()
+            if line and not line.startswith("#") and not _another_roots_chain(line)]
+
+
+def _another_roots_chain(line):
+    """True for a line about another labtool root's chains (``LABTOOL-<tag>-...``): the rules of
+    another test run or a lecturer's labtool come and go with their own containers."""
+    from labtool.network import publish
+
+    tags = {publish.chain_tag(m.group(0)) for m in publish.CHAIN_RE.finditer(line)}
+    return bool(tags) and publish.root_tag() not in tags
 
 
 def _foreign_processes():
