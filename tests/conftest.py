@@ -117,23 +117,20 @@ def _links():
 
 def _iptables():
     """iptables rules; another root's chains (``LABTOOL-<tag>-...``) and the jumps into them left out."""
-    import re
-
-    from labtool.network import publish
-
     if not shutil.which("iptables-save"):
         return []
     out = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
-    ours = publish.root_tag()
-    lines = []
-    for line in out.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        tags = {m.group(1) or "" for m in re.finditer(r"\bLABTOOL(?:-([0-9a-f]{6}))?-[A-Z]+\b", line)}
-        if tags and ours not in tags:
-            continue
-        lines.append(line.split(" [")[0])
-    return lines
+    return [line.split(" [")[0] for line in out.splitlines()
+            if line and not line.startswith("#") and not _another_roots_chain(line)]
+
+
+def _another_roots_chain(line):
+    """True for a line about another labtool root's chains (``LABTOOL-<tag>-...``): the rules of
+    another test run or a lecturer's labtool come and go with their own containers."""
+    from labtool.network import publish
+
+    tags = {publish.chain_tag(m.group(0)) for m in publish.CHAIN_RE.finditer(line)}
+    return bool(tags) and publish.root_tag() not in tags
 
 
 def _foreign_processes():
