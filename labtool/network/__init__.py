@@ -397,10 +397,12 @@ def settings(record):
 
 def reset(own_root):
     """``labtool reset``: the networks of this root (their bridges), and the firewall's chains."""
-    from labtool.network import bridge, firewall, naming, store
+    from labtool.network import bridge, firewall, naming, publish, store
 
     said = []
-    firewall.reset()
+    if publish.listed():
+        firewall.reset()
+        said.append("removed labtool's iptables chains of this root")
     for network in store.all_networks():
         ifname = network["Options"]["com.docker.network.bridge.name"]
         bridge.remove_link(ifname)
