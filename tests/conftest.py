@@ -199,12 +199,21 @@ def labtool_root(tmp_path_factory):
     assert made.returncode == 0, made.stderr
     yield root
     labtool("system", "stop-daemon")                # the run's labtool daemon goes with it
+    _remove_default_bridge()                        # (dockerd keeps docker0; a test root goes)
     problems = host_state_diff(before, host_state())
     if problems:   # fail, but first take it down the way a user would
         problems.append("labtool reset said: " + labtool("reset").stdout.strip().replace("\n", "; "))
     if not problems:
         shutil.rmtree(root)
     assert not problems, "the tests left things on the host:\n" + "\n".join(problems)
+
+
+def _remove_default_bridge():
+    """The run's default bridge and its rules, if no container is left on it (else the guard
+    reports the bridge, with whatever else was left)."""
+    from labtool.network import store
+
+    store.remove_default()
 
 
 # --- running labtool the way a user does ------------------------------------------------

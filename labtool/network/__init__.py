@@ -342,7 +342,7 @@ def connect(network_name, container, aliases=()):
 def disconnect(network_name, container, force=False):
     """``labtool network disconnect NETWORK CONTAINER``: its veth pair goes, and its address."""
     from labtool.engine import containers
-    from labtool.network import bridge, firewall, store
+    from labtool.network import bridge, store
 
     record = containers.find(container)
     network = store.find(network_name)
@@ -352,8 +352,8 @@ def disconnect(network_name, container, force=False):
         raise LabtoolError(f"container {record.name or record.id[:12]} is not connected to network "
                            f"{network['Name']}")
     endpoint = network["Containers"].get(record.id)
-    if endpoint:
-        firewall.container_disconnected(record.id, network, endpoint)
+    if endpoint:                   # (its rules are on its first network: they stay)
+        explain.say("network", f"netlink: ip link del {endpoint['Veth']}", "unplug it from that bridge")
         bridge.remove_link(endpoint["Veth"])
         store.release(network["Id"], record.id)
     store.save_attachments(record.id, kept)

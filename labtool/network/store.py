@@ -234,6 +234,20 @@ def remove(name_or_id):
     return network
 
 
+def remove_default():
+    """Take the default bridge down when no container is on it (the end of a test run; Docker
+    keeps docker0 for good). False when containers still use it."""
+    from labtool.network import bridge
+
+    with lock():
+        for network in all_networks():
+            if network["Name"] == DEFAULT:
+                if network["Containers"]:
+                    return False
+                _forget(network, bridge)
+    return True
+
+
 def _forget(network, bridge):
     from labtool.network import firewall
 
