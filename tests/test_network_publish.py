@@ -190,6 +190,9 @@ def test_a_taken_port_is_one_clear_error_and_nothing_is_made(lab):
             publish.publish("ctr-a", lab.bridge, lab.ip["a"], ports.parse("81") + ports.parse(f"{held}:80"))
         assert str(e.value) == f"Bind for 0.0.0.0:{held} failed: port is already allocated"
     assert publish.listed() == before
+    with pytest.raises(LabtoolError, match="cannot publish on 192.0.2.1: bind: cannot assign requested address"):
+        publish.publish("ctr-a", lab.bridge, lab.ip["a"], ports.parse("192.0.2.1:8080:80"))
+    assert publish.listed() == before
     lab.owners += ["ctr-a", "ctr-b"]
     [b] = publish.publish("ctr-a", lab.bridge, lab.ip["a"], ports.parse("80"))   # another container holds one
     with pytest.raises(LabtoolError, match=f"Bind for 127.0.0.1:{b.host_port} failed: port is already allocated"):
