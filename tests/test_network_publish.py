@@ -17,7 +17,7 @@ import time
 import pytest
 
 from labtool.errors import LabtoolError
-from labtool.network import ports, publish
+from labtool.network import naming, ports, publish
 
 
 def sh(*argv):
@@ -74,13 +74,14 @@ class Lab:
     """A bridge with two namespaces on it ("a" and "b"), each able to run a server."""
 
     def __init__(self, tmp_path):
-        tag = f"{os.getpid() % 10000:04d}{random.randint(0, 99):02d}"
-        self.bridge = f"ltpt{tag}"
+        # names as this root's own links (labtool/network/naming.py), so the host guard checks them
+        tag = f"{random.randint(0, 0xffff):04x}"
+        self.bridge = f"lt{naming.tag()}-pt{tag}"
         self.subnet = free_subnet()
         hosts = list(self.subnet.hosts())
         self.gateway, self.ip = str(hosts[0]), {"a": str(hosts[1]), "b": str(hosts[2])}
-        self.ns = {n: f"lt-pubtest-{tag}-{n}" for n in "ab"}
-        self.veth = {n: f"ltvpt{tag}{n}" for n in "ab"}
+        self.ns = {n: f"lt-pubtest-{os.getpid()}-{tag}-{n}" for n in "ab"}
+        self.veth = {n: f"ltv{naming.tag()}-{tag}{n}" for n in "ab"}
         self.tmp = tmp_path
         self.servers = []
         sh("ip", "link", "add", self.bridge, "type", "bridge")
@@ -125,8 +126,11 @@ class Lab:
 
 
 @pytest.fixture
-def lab(tmp_path):
+def lab(tmp_path, monkeypatch):
+    """The links are named as the test run's own (the host guard checks them); the rules are made
+    under a labtool root of the test's own, so that its chains start and end empty."""
     lab = Lab(tmp_path)
+    monkeypatch.setenv("LABTOOL_ROOT", str(tmp_path / "root"))
     owners = []
     lab.owners = owners
     try:
@@ -185,6 +189,9 @@ def test_a_taken_port_is_one_clear_error_and_nothing_is_made(lab):
         with pytest.raises(LabtoolError) as e:
             publish.publish("ctr-a", lab.bridge, lab.ip["a"], ports.parse("81") + ports.parse(f"{held}:80"))
         assert str(e.value) == f"Bind for 0.0.0.0:{held} failed: port is already allocated"
+    assert publish.listed() == before
+    with pytest.raises(LabtoolError, match="cannot publish on 192.0.2.1: bind: cannot assign requested address"):
+        publish.publish("ctr-a", lab.bridge, lab.ip["a"], ports.parse("192.0.2.1:8080:80"))
     assert publish.listed() == before
     lab.owners += ["ctr-a", "ctr-b"]
     [b] = publish.publish("ctr-a", lab.bridge, lab.ip["a"], ports.parse("80"))   # another container holds one

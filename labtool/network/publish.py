@@ -356,6 +356,10 @@ def _already_allocated(b, port):
 def publish(owner_id, bridge, container_ip, bindings):
     """Forward each binding's host port to ``container_ip``; returns the bindings with their
     host ports chosen. All or nothing: a clash adds no rule at all."""
+    for ip in sorted({b.host_ip for b in bindings if b.host_ip}):
+        if not portlib.is_free(0, "tcp", ip):         # port 0: any port; fails only for the address
+            raise LabtoolError(f"cannot publish on {ip}: bind: cannot assign requested address "
+                               "(not an address of this host)")
     chosen = []
     with _lock():
         taken = published_ports()
