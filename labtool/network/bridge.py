@@ -132,6 +132,9 @@ def plug(pid, bridge, veth, ifname, address, prefixlen, gateway, mac, default_ro
                 "its address on the network, and the way out")
     def inside():
         with _iproute() as ns:
+            # lo up now (step 02 would do it a moment later in the child): the embedded DNS
+            # server's socket on 127.0.0.11 is made in this namespace before the child runs
+            ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
             index = ns.link_lookup(ifname=ifname)[0]
             ns.link("set", index=index, address=mac)
             ns.addr("add", index=index, address=address, prefixlen=prefixlen)
