@@ -206,6 +206,21 @@ def test_attach_starts_the_resolver_on_demand_and_it_leaves_after_the_last(root,
     assert not dns.running()
 
 
+def test_attach_works_before_the_containers_loopback_is_up(root):
+    name = f"lt-dnstest-{os.getpid()}-lo"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    subprocess.run(["ip", "-n", name, "link", "set", "lo", "down"], check=True)
+    server = start_resolver({"ctr-x": {"web": ["10.0.0.5"]}}, [])
+    try:
+        dns.attach("ctr-x", f"/run/netns/{name}")
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        assert ask(name, "web") == "0 10.0.0.5"
+    finally:
+        dns.stop()
+        server.wait(timeout=10)
+        subprocess.run(["ip", "netns", "del", name])
+
+
 def test_attach_to_a_namespace_that_is_gone_is_a_clear_error(root):
     with pytest.raises(LabtoolError, match="cannot listen on 127.0.0.11:53 in /run/netns/lt-no-such-ns"):
         dns.attach("ctr-x", "/run/netns/lt-no-such-ns")

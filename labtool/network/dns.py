@@ -68,6 +68,7 @@ from labtool import explain, paths
 from labtool.errors import LabtoolError
 
 EMBEDDED_IP = "127.0.0.11"
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)     # <linux/in.h>
 TTL = 600                                 # seconds a client may cache our answers (Docker's value)
 
 # RFC 1035 3.2.2 types, 3.2.4 class, 4.1.1 header codes
@@ -608,10 +609,13 @@ def _sockets_in(netns_path):
             fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
             syscalls.setns(fd, syscalls.CLONE_NEWNET)
             udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            udp.bind((EMBEDDED_IP, 53))
             tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            tcp.bind((EMBEDDED_IP, 53))
+            for s in (udp, tcp):
+                # IP_FREEBIND (man 7 ip): bind even while the container's lo is still down and
+                # 127.0.0.11 not yet one of its addresses; packets arrive once lo is up
+                s.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+                s.bind((EMBEDDED_IP, 53))
             tcp.listen(64)
             socket.send_fds(child, [b"ok"], [udp.fileno(), tcp.fileno()])
         except BaseException as e:                 # noqa: BLE001 - everything goes back to the parent
