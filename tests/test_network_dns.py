@@ -145,6 +145,7 @@ def test_containers_resolve_their_names_and_the_rest_is_forwarded(root, netns, u
     server = start_resolver(table, [upstream])
     dns.attach("ctr-a", f"/run/netns/{a}")
     dns.attach("ctr-b", f"/run/netns/{b}")
+    dns.attach("ctr-b", f"/run/netns/{b}")                 # again (a second network): nothing changes
     assert sorted(dns.attached()) == ["ctr-a", "ctr-b"]
     assert ask(a, "web") == "0 10.0.0.5"
     assert ask(a, "Web.") == "0 10.0.0.5"
@@ -160,6 +161,10 @@ def test_containers_resolve_their_names_and_the_rest_is_forwarded(root, netns, u
     dns.detach("ctr-a")
     assert ask(a, "web") in ("ConnectionRefusedError", "TimeoutError")
     assert dns.attached() == ["ctr-b"]
+    c = netns()                                               # ctr-b restarted: a new namespace
+    dns.attach("ctr-b", f"/run/netns/{c}")
+    assert ask(c, "db") == "0 10.0.0.6"
+    assert ask(b, "db") in ("ConnectionRefusedError", "TimeoutError")
     dns.detach("ctr-b")                                       # the last one: the resolver leaves
     server.wait(timeout=10)
     assert not dns.running() and not os.path.exists(dns._sock_path())
