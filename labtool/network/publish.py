@@ -12,7 +12,7 @@ roots side by side: ``LABTOOL-DNAT`` for /var/lib/labtool, ``LABTOOL-1a2b3c-DNAT
 root ``LABTOOL_ROOT`` whose sha256 starts with 1a2b3c)::
 
     nat    PREROUTING  -m addrtype --dst-type LOCAL -j LABTOOL-DNAT   packets from outside and from containers
-    nat    OUTPUT      -m addrtype --dst-type LOCAL -j LABTOOL-DNAT   packets the host itself sends (curl 127.0.0.1:8080)
+    nat    OUTPUT      -m addrtype --dst-type LOCAL -j LABTOOL-DNAT   what the host itself sends (curl 127.0.0.1:8080)
     nat    POSTROUTING -j LABTOOL-POST                                 source rewriting (MASQUERADE)
     filter FORWARD     -j LABTOOL-FWD   (inserted first: Docker may set the FORWARD policy to DROP)
            LABTOOL-FWD  -j LABTOOL-ICC                                  same-bridge traffic: icc and links
