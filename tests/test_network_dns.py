@@ -145,6 +145,7 @@ def test_containers_resolve_their_names_and_the_rest_is_forwarded(root, netns, u
     server = start_resolver(table, [upstream])
     dns.attach("ctr-a", f"/run/netns/{a}")
     dns.attach("ctr-b", f"/run/netns/{b}")
+    dns.attach("ctr-b", f"/run/netns/{b}")                 # again (a second network): nothing changes
     assert sorted(dns.attached()) == ["ctr-a", "ctr-b"]
     assert ask(a, "web") == "0 10.0.0.5"
     assert ask(a, "Web.") == "0 10.0.0.5"
@@ -160,6 +161,10 @@ def test_containers_resolve_their_names_and_the_rest_is_forwarded(root, netns, u
     dns.detach("ctr-a")
     assert ask(a, "web") in ("ConnectionRefusedError", "TimeoutError")
     assert dns.attached() == ["ctr-b"]
+    c = netns()                                               # ctr-b restarted: a new namespace
+    dns.attach("ctr-b", f"/run/netns/{c}")
+    assert ask(c, "db") == "0 10.0.0.6"
+    assert ask(b, "db") in ("ConnectionRefusedError", "TimeoutError")
     dns.detach("ctr-b")                                       # the last one: the resolver leaves
     server.wait(timeout=10)
     assert not dns.running() and not os.path.exists(dns._sock_path())
@@ -204,6 +209,21 @@ def test_attach_starts_the_resolver_on_demand_and_it_leaves_after_the_last(root,
         time.sleep(0.05)
     assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
     assert not dns.running()
+
+
+def test_attach_works_before_the_containers_loopback_is_up(root):
+    name = f"lt-dnstest-{os.getpid()}-lo"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    subprocess.run(["ip", "-n", name, "link", "set", "lo", "down"], check=True)
+    server = start_resolver({"ctr-x": {"web": ["10.0.0.5"]}}, [])
+    try:
+        dns.attach("ctr-x", f"/run/netns/{name}")
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        assert ask(name, "web") == "0 10.0.0.5"
+    finally:
+        dns.stop()
+        server.wait(timeout=10)
+        subprocess.run(["ip", "netns", "del", name])
 
 
 def test_attach_to_a_namespace_that_is_gone_is_a_clear_error(root):

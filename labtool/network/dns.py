@@ -68,6 +68,7 @@ from labtool import explain, paths
 from labtool.errors import LabtoolError
 
 EMBEDDED_IP = "127.0.0.11"
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)     # <linux/in.h>
 TTL = 600                                 # seconds a client may cache our answers (Docker's value)
 
 # RFC 1035 3.2.2 types, 3.2.4 class, 4.1.1 header codes
@@ -335,7 +336,7 @@ class Resolver:
                 for s in (udp, tcp):
                     s.setblocking(False)
                 ups = request.get("upstreams")
-                self.containers[cid] = {"udp": udp, "tcp": tcp,
+                self.containers[cid] = {"udp": udp, "tcp": tcp, "netns": request.get("netns", ""),
                                         "upstreams": [tuple(u) for u in ups] if ups is not None else None}
                 self.sel.register(udp, selectors.EVENT_READ, ("udp", cid))
                 self.sel.register(tcp, selectors.EVENT_READ, ("tcp", cid))
@@ -345,7 +346,8 @@ class Resolver:
                 self.drop(cid)
                 answer = {"ok": True}
             elif op == "list":
-                answer = {"ok": True, "ids": sorted(self.containers)}
+                answer = {"ok": True, "ids": sorted(self.containers),
+                          "netns": {c: e["netns"] for c, e in self.containers.items()}}
             elif op == "stop":
                 self.done = True
                 answer = {"ok": True}
@@ -608,10 +610,13 @@ def _sockets_in(netns_path):
             fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
             syscalls.setns(fd, syscalls.CLONE_NEWNET)
             udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            udp.bind((EMBEDDED_IP, 53))
             tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            tcp.bind((EMBEDDED_IP, 53))
+            for s in (udp, tcp):
+                # IP_FREEBIND (man 7 ip): bind even while the container's lo is still down and
+                # 127.0.0.11 not yet one of its addresses; packets arrive once lo is up
+                s.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+                s.bind((EMBEDDED_IP, 53))
             tcp.listen(64)
             socket.send_fds(child, [b"ok"], [udp.fileno(), tcp.fileno()])
         except BaseException as e:                 # noqa: BLE001 - everything goes back to the parent
@@ -636,18 +641,37 @@ def _sockets_in(netns_path):
     return fds
 
 
+def _netns_id(netns_path):
+    """A network namespace is a file on nsfs: its (device, inode) names it (``man 7 namespaces``)."""
+    st = os.stat(netns_path)
+    return f"{st.st_dev}:{st.st_ino}"
+
+
 def attach(container_id, netns_path, upstreams=None):
-    """Serve DNS at 127.0.0.11 inside this container's network namespace (starts the resolver)."""
-    fds = _sockets_in(netns_path)
+    """Serve DNS at 127.0.0.11 inside this container's network namespace (starts the resolver).
+    Idempotent: a container already served in this namespace is left as it is (connecting it
+    to a second network changes only what ``resolve`` answers); in another namespace (it was
+    restarted) its old sockets are dropped first."""
     try:
-        with paths.locked(_lock_path()):
+        netns = _netns_id(netns_path)
+    except OSError as e:
+        raise LabtoolError(f"cannot listen on {EMBEDDED_IP}:53 in {netns_path}: {e.strerror}") from None
+    with paths.locked(_lock_path()):           # (held: the resolver cannot leave meanwhile)
+        if running() and os.path.exists(_sock_path()):
+            served = _request({"op": "list"}).get("netns", {})
+            if served.get(container_id) == netns:
+                return
+            if container_id in served:
+                _request({"op": "detach", "id": container_id})
+        fds = _sockets_in(netns_path)
+        try:
             if not running() or not os.path.exists(_sock_path()):
                 _start()
-            answer = _request({"op": "attach", "id": container_id,
+            answer = _request({"op": "attach", "id": container_id, "netns": netns,
                                "upstreams": [list(u) for u in upstreams] if upstreams is not None else None}, fds)
-    finally:
-        for fd in fds:
-            os.close(fd)
+        finally:
+            for fd in fds:
+                os.close(fd)
     if not answer.get("ok"):
         raise LabtoolError(f"the DNS resolver refused {container_id[:12]}: {answer.get('error')}")
 

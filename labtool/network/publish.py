@@ -12,10 +12,11 @@ roots side by side: ``LABTOOL-DNAT`` for /var/lib/labtool, ``LABTOOL-1a2b3c-DNAT
 root ``LABTOOL_ROOT`` whose sha256 starts with 1a2b3c)::
 
     nat    PREROUTING  -m addrtype --dst-type LOCAL -j LABTOOL-DNAT   packets from outside and from containers
-    nat    OUTPUT      -m addrtype --dst-type LOCAL -j LABTOOL-DNAT   packets the host itself sends (curl 127.0.0.1:8080)
+    nat    OUTPUT      -m addrtype --dst-type LOCAL -j LABTOOL-DNAT   what the host itself sends (curl 127.0.0.1:8080)
     nat    POSTROUTING -j LABTOOL-POST                                 source rewriting (MASQUERADE)
     filter FORWARD     -j LABTOOL-FWD   (inserted first: Docker may set the FORWARD policy to DROP)
            LABTOOL-FWD  -j LABTOOL-ICC                                  same-bridge traffic: icc and links
+           LABTOOL-ICC  per icc=false bridge: link ACCEPTs and DNAT'd ACCEPT first, then -i BR -o BR -j DROP
            LABTOOL-FWD  per bridge: replies and published ports in, its own traffic out
            LABTOOL-ISO  per bridge: -o BRIDGE -j DROP (no traffic from one labtool bridge to another)
 
@@ -172,10 +173,6 @@ def _ensure_chains():
     if ["-j", chain("ICC")] not in fwd:
         _iptables("filter", "-I", chain("FWD"), "1", "-j", chain("ICC"),
                   why="same-bridge traffic first meets the icc and link rules")
-    icc_first = ["-m", "conntrack", "--ctstate", "DNAT", "-j", "ACCEPT"]
-    if not _has_rule("filter", chain("ICC"), icc_first):
-        _iptables("filter", "-I", chain("ICC"), "1", *icc_first,
-                  why="published ports stay reachable from peers even with icc=false")
     for table, builtin, rule in _jumps():
         if not _has_rule(table, builtin, rule):
             # FORWARD: first, before a DROP policy's rules (Docker's); the nat jumps may go last
@@ -303,6 +300,7 @@ def set_icc(bridge, enabled):
     except through published ports and the ports a link opens (Docker's ``icc=false``)."""
     owner = f"icc:{bridge}"
     drop = ["-i", bridge, "-o", bridge, "-j", "DROP", *_comment(owner)]
+    published = ["-i", bridge, "-o", bridge, "-m", "conntrack", "--ctstate", "DNAT", "-j", "ACCEPT", *_comment(owner)]
     if not enabled:
         explain.say("network", f"ip link set {bridge} type bridge nf_call_iptables 1",
                     "bridged frames must pass iptables to be dropped")
@@ -311,9 +309,12 @@ def set_icc(bridge, enabled):
         _ensure_chains()
         has = _has_rule("filter", chain("ICC"), drop)
         if not enabled and not has:
+            _iptables("filter", "-I", chain("ICC"), "1", *published,
+                      why="published ports stay reachable from peers (through the host)")
             _iptables("filter", "-A", chain("ICC"), *drop, why="icc=false: no traffic between its containers")
         elif enabled and has:
-            _iptables("filter", "-D", chain("ICC"), *drop, why="icc=true: containers talk freely again")
+            _delete_tagged(owner)
+            explain.say("network", f"(rules of {owner} removed)", "icc=true: containers talk freely again")
             _drop_chains_if_empty()
 
 
@@ -322,10 +323,10 @@ def allow_link(owner_id, bridge, src_ip, dst_ip, ports):
     with _lock():
         _ensure_chains()
         for port, proto in ports:
-            _iptables("filter", "-I", chain("ICC"), "2", "-i", bridge, "-o", bridge, "-s", src_ip,
+            _iptables("filter", "-I", chain("ICC"), "1", "-i", bridge, "-o", bridge, "-s", src_ip,
                       "-d", dst_ip, "-p", proto, "--dport", str(port), "-j", "ACCEPT", *_comment(owner_id),
                       why=f"link: {src_ip} may open {port}/{proto} on {dst_ip}")
-            _iptables("filter", "-I", chain("ICC"), "2", "-i", bridge, "-o", bridge, "-s", dst_ip,
+            _iptables("filter", "-I", chain("ICC"), "1", "-i", bridge, "-o", bridge, "-s", dst_ip,
                       "-d", src_ip, "-p", proto, "--sport", str(port), "-j", "ACCEPT", *_comment(owner_id),
                       why="and the replies come back")
 
