@@ -196,7 +196,10 @@ def reset(images=False):
             except OSError:
                 pass                        # other containers still live there
     for record in _records():
-        _forget_network(record)
+        try:
+            _forget_network(record)
+        except Exception as e:       # go on: reset must get through, and says what it could not do
+            said.append(f"could not undo the network of {record.id[:12]}: {e}")
     if own is None:
         for name in _netns():
             _remove_netns(name)

@@ -31,7 +31,7 @@ running container, live.
 import os
 from dataclasses import dataclass, field
 
-from labtool import explain
+from labtool import explain, paths
 from labtool.errors import LabtoolError, UsageError
 
 
@@ -322,11 +322,15 @@ def connect(network_name, container, aliases=()):
             bridge.remove_link(endpoint["Veth"])
             store.release(network["Id"], record.id)
             raise
-        from labtool.network import dns
+        from labtool.network import dns, etc
 
-        if record.id not in dns.attached():
+        if network["Name"] != store.DEFAULT and record.id not in dns.attached():
             servers = record.config.get("network", {}).get("dns", [])
             _attach_dns(record.id, pid, store.endpoints_of(record.id), servers)
+            # its first user-defined network: names are asked of the embedded server from now on
+            # (rewritten in place: the container's bind mount of the file shows it at once)
+            etc.write_in_place(os.path.join(paths.container_dir(record.id), "resolv.conf"),
+                               etc.resolv_text(True, servers))
     entries.append({"Network": network["Name"], "Aliases": list(aliases)})
     store.save_attachments(record.id, entries)
 

@@ -136,6 +136,9 @@ def plug(pid, bridge, veth, ifname, address, prefixlen, gateway, mac, default_ro
             # server's socket on 127.0.0.11 is made in this namespace before the child runs
             ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
             index = ns.link_lookup(ifname=ifname)[0]
+            # IPv4 only, as Docker's networks without --ipv6: no IPv6 link-local address on it
+            with open(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6", "w") as f:
+                f.write("1")
             ns.link("set", index=index, address=mac)
             ns.addr("add", index=index, address=address, prefixlen=prefixlen)
             ns.link("set", index=index, state="up")

@@ -75,5 +75,5 @@ def draw(topology, ax=None):
             x = 0.8 + 3.2 * i
             ax.plot([x + 1.3, x + 1.3], [y - 0.05, y - 1.3], color="black", lw=1.5)
             ax.text(x + 1.35, y - 0.7, "veth pair", fontsize=7, color="gray")
-            box(x, y - 2.4, 2.6, 1.1, f"{c['name']}\neth0 {c['ip']}\n{c['mac']}", "#d8f0d8")
+            box(x, y - 2.4, 2.6, 1.1, f"{c['name']}\n{c['ip']}\n{c['mac']}", "#d8f0d8")
     return ax

@@ -218,6 +218,21 @@ def ensure_bridge(network):
             firewall.network_made(network, subnet_of(network), icc(network))
 
 
+def _drop_stale(network):
+    """Forget the endpoints of containers that are gone (removed by hand) or dead (their
+    supervisor was killed): their addresses are free again, their veth ends go."""
+    from labtool.engine import containers
+    from labtool.network import bridge
+
+    stale = [cid for cid in network["Containers"] if not os.path.isdir(paths.container_dir(cid))
+             or containers.load(cid).status == "dead"]
+    for cid in stale:
+        bridge.remove_link(network["Containers"].pop(cid)["Veth"])
+    if stale:
+        save(network)
+    return network
+
+
 def remove(name_or_id):
     """``labtool network rm``: only a network no running container is on."""
     from labtool.network import bridge
@@ -225,7 +240,7 @@ def remove(name_or_id):
     if name_or_id in PREDEFINED:
         raise UsageError(f"{name_or_id} is a pre-defined network and cannot be removed")
     with lock():
-        network = find(name_or_id, make_default=False)
+        network = _drop_stale(find(name_or_id, make_default=False))
         if network["Containers"]:
             names = ", ".join(e.get("Name", cid[:12]) for cid, e in network["Containers"].items())
             raise LabtoolError(f"error while removing network: network {network['Name']} id {network['Id']} "
@@ -242,7 +257,7 @@ def remove_default():
     with lock():
         for network in all_networks():
             if network["Name"] == DEFAULT:
-                if network["Containers"]:
+                if _drop_stale(network)["Containers"]:
                     return False
                 _forget(network, bridge)
     return True
@@ -271,7 +286,7 @@ def prune():
     removed = []
     with lock():
         for network in all_networks():
-            if network["Name"] == DEFAULT or network["Containers"]:
+            if network["Name"] == DEFAULT or _drop_stale(network)["Containers"]:
                 continue
             if network["Name"] in wanted or network["Id"] in wanted:
                 continue
@@ -313,7 +328,7 @@ def save_attachments(container_id, entries):
 def allocate(network_name, container_id, name, aliases):
     """Give a container an address on a network (under the lock); return (network, endpoint)."""
     with lock():
-        network = find(network_name, make_default=False)
+        network = _drop_stale(find(network_name, make_default=False))
         if container_id in network["Containers"]:
             raise LabtoolError(f"endpoint with name {name} already exists in network {network['Name']}")
         config = network["IPAM"]["Config"][0]
