@@ -239,3 +239,35 @@ def test_remove_all_takes_this_roots_chains_and_jumps(lab):
     assert publish.listed() == []
     out = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
     assert publish.chain("FWD") not in out
+
+
+def test_each_piece_is_needed_route_localnet_and_the_bridges_nf_call(lab):
+    """FACTS.md: route_localnet on the bridge makes 127.0.0.1 work; the bridge's own
+    nf_call_iptables makes a peer's way through the host work. Take each away and see."""
+    lab.serve("a", 80)
+    lab.owners.append("ctr-a")
+    [b] = publish.publish("ctr-a", lab.bridge, lab.ip["a"], ports.parse("80"))
+    localnet = f"/proc/sys/net/ipv4/conf/{lab.bridge}/route_localnet"
+    with open(localnet, "w") as f:
+        f.write("0")
+    assert lab.get("127.0.0.1", b.host_port) == "TimeoutError"      # the kernel drops it as a martian
+    assert lab.get(host_address(), b.host_port) == "hello from a:80"  # the host's address does not need it
+    with open(localnet, "w") as f:
+        f.write("1")
+    assert lab.get("127.0.0.1", b.host_port) == "hello from a:80"
+    if open("/proc/sys/net/bridge/bridge-nf-call-iptables").read().strip() == "0":
+        sh("ip", "link", "set", lab.bridge, "type", "bridge", "nf_call_iptables", "0")
+        assert lab.get(lab.gateway, b.host_port, ns="b") == "TimeoutError"   # the reply skips conntrack
+        sh("ip", "link", "set", lab.bridge, "type", "bridge", "nf_call_iptables", "1")
+    assert lab.get(lab.gateway, b.host_port, ns="b") == "hello from a:80"
+
+
+def test_explain_narrates_each_rule(lab, capfd, monkeypatch):
+    from labtool import explain
+
+    monkeypatch.setattr(explain, "enabled", True)
+    lab.owners.append("ctr-a")
+    [b] = publish.publish("ctr-a", lab.bridge, lab.ip["a"], ports.parse("8080:80"))
+    err = capfd.readouterr().err
+    assert f"[network] iptables -t nat -A {publish.chain('DNAT')} -p tcp --dport 8080 -j DNAT" in err
+    assert "host port 8080 -> " in err
