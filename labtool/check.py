@@ -1120,6 +1120,126 @@ def entrypoint_env(command):
         "environment: correct")
 
 
+# --- 05-networking ---------------------------------------------------------------------
+
+def _fetch(url, timeout=2.0, tries=20):
+    """The body of ``url`` (plain HTTP, from this process), or "" when it never answers."""
+    import urllib.request
+
+    for _ in range(tries):
+        try:
+            return urllib.request.urlopen(url, timeout=timeout).read().decode()
+        except OSError:
+            time.sleep(0.1)
+    return ""
+
+
+def published_on_loopback(flags):
+    """Exercise "publish a web server on the host's loopback": with the learner's ``labtool run``
+    flags, busybox httpd's port 80 answers on 127.0.0.1 of the host, and only there."""
+    from labtool.network import ports
+
+    example = "-p 127.0.0.1:8080:80"
+    words = _flags(flags, example)
+    name = f"check-05-web-{os.getpid()}"
+    _remove_named(name)
+    r = notebook.labtool("run", "-d", "--name", name, *words, "busybox", "httpd", "-f", "-p", "80", "-h", "/etc",
+                         quiet=True)
+    try:
+        if r.code != 0:
+            _fail(f"the container did not start: {_last_error(r)}", f"flags like \"{example}\" publish port 80")
+        record = containers.find(name)
+        bindings = [ports.PortBinding.from_state(d) for d in record.state.get("Ports", [])]
+        to_80 = [b for b in bindings if b.key == "80/tcp"]
+        if not to_80:
+            _fail("port 80 of the container is not published", "-p HOST_IP:HOST_PORT:CONTAINER_PORT")
+        if any(b.host_ip != "127.0.0.1" for b in to_80):
+            _fail(f"port 80 is published on {to_80[0].shown_ip}: every address of the host, not its loopback only",
+                  "put the host address in front: -p 127.0.0.1:...")
+        body = _fetch(f"http://127.0.0.1:{to_80[0].host_port}/hostname")
+        if body.strip() != record.id[:12]:
+            _fail("nothing answered on the published port", "the container port is 80: -p 127.0.0.1:PORT:80")
+    finally:
+        _remove_named(name)
+    _ok(f"127.0.0.1:{to_80[0].host_port} on the host reaches busybox httpd in the container, and only the "
+        f"host's loopback does: correct")
+
+
+PRIVATE_POOLS = ("172.16.0.0/12", "192.168.0.0/16", "10.0.0.0/8")
+
+
+def _first_free(taken, prefix):
+    import ipaddress
+
+    nets = [ipaddress.ip_network(t, strict=False) for t in taken]
+    for pool in PRIVATE_POOLS:
+        for candidate in ipaddress.ip_network(pool).subnets(new_prefix=prefix):
+            if not any(candidate.overlaps(n) for n in nets):
+                return str(candidate)
+    return None
+
+
+def free_subnet(func):
+    """Exercise "choose a subnet that clashes with nothing": ``func(taken, prefix)`` returns the
+    first block of that prefix length in 172.16.0.0/12, then 192.168.0.0/16, then 10.0.0.0/8,
+    that overlaps none of ``taken`` (CIDR strings); the check then creates a network with the
+    answer for this host's real routes."""
+    import ipaddress
+
+    if not callable(func):
+        _fail(f"{func!r} is not a function", "define it with def free_subnet(taken, prefix): ...")
+    cases = [([], 24), (["172.16.0.0/24"], 24), (["172.16.0.0/12"], 16), (["172.16.0.0/13", "172.24.0.0/14"], 16),
+             (["172.16.0.0/12", "192.168.0.0/17"], 20), (["172.17.5.0/24", "172.16.0.0/16"], 16)]
+    for taken, prefix in cases:
+        expected = _first_free(taken, prefix)
+        try:
+            got = func(list(taken), prefix)
+        except Exception as e:
+            _fail(f"free_subnet({taken}, {prefix}) raised {type(e).__name__}: {e}", "return a string like '172.16.0.0/24'")
+        try:
+            got_net = ipaddress.ip_network(str(got))
+        except ValueError:
+            _fail(f"free_subnet({taken}, {prefix}) returned {got!r}: not a subnet", "return a string like '172.16.0.0/24'")
+        if str(got_net) != expected:
+            _fail(f"free_subnet({taken}, {prefix}) returned {got}, expected {expected}",
+                  "walk the pools in order, in blocks of that prefix (ipaddress: network.subnets(new_prefix=...)) "
+                  "and skip a block that .overlaps() anything taken")
+    # the real thing: this host's routes, and labtool's networks (bridge routes are among them)
+    routes = [line.split()[0] for line in subprocess.run(["ip", "-4", "route"], capture_output=True,
+                                                         text=True).stdout.splitlines()
+              if line and not line.startswith("default")]
+    answer = str(func(routes, 24))
+    name = f"check-05-net-{os.getpid()}"
+    notebook.labtool("network", "rm", name, quiet=True)
+    r = notebook.labtool("network", "create", "--subnet", answer, name, quiet=True)
+    notebook.labtool("network", "rm", name, quiet=True)
+    if r.code != 0:
+        _fail(f"labtool network create --subnet {answer} failed: {_last_error(r)}",
+              "the routes of this host are the taken subnets")
+    _ok(f"your free_subnet finds the first free block; for this host: {answer}, and labtool agrees: correct")
+
+
+def connected_live(command):
+    """Exercise "connect a running container": one ``labtool`` command after which ``ex-client``
+    (on ex-right) reaches ``ex-web`` (on ex-left) by its name, without a restart."""
+    if not isinstance(command, str) or not re.search(r"\blabtool\s+network\s+\w+", command):
+        _fail(f"{command!r} is not a labtool network command", 'a string, like "labtool network ... "')
+    before = containers.find("ex-client").state.get("Pid")
+    r = _run_answer(command)
+    if r.code != 0:
+        _fail(f"your command failed: {_last_error(r)}", "labtool network connect NETWORK CONTAINER")
+    after = containers.find("ex-client")
+    if after.state.get("Pid") != before or not after.running_pid:
+        _fail("ex-client was restarted", "a network is connected to a running container, live")
+    web = containers.find("ex-web")
+    body = notebook.labtool("exec", "ex-client", "timeout", "3", "wget", "-qO-", "http://ex-web/hostname",
+                            quiet=True).out.strip()
+    if body != web.id[:12]:
+        _fail("ex-client still cannot reach http://ex-web/", "it must share a network with ex-web: which one is it on?")
+    _ok("ex-client now shares ex-left with ex-web, finds it by name and fetches its page, "
+        "with the same PID 1 as before: correct")
+
+
 # --- 06-capabilities -------------------------------------------------------------------
 
 def _cap_name_set(answer):

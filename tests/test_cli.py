@@ -62,10 +62,11 @@ def test_bad_flags_and_values_are_one_line_and_125(run):
         one_clean_line(p)
 
 
-def test_a_step_not_built_yet_says_so(run):
-    p = run("run", "--rm", "--upto", "network", "busybox", "true")
-    assert p.returncode == 125
-    assert "not built yet" in p.stderr
+def test_upto_network_and_an_unknown_step(run):
+    p = run("run", "--rm", "--upto", "network", "busybox", "ip", "-o", "link", "show", "eth0")
+    assert p.returncode == 0 and "eth0" in p.stdout
+    p = run("run", "--rm", "--upto", "nosuch", "busybox", "true")
+    assert p.returncode == 125 and "unknown step 'nosuch'" in p.stderr
 
 
 def test_rm_leaves_nothing_and_without_rm_the_state_stays(run, labtool_root):

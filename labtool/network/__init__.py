@@ -273,31 +273,19 @@ def _update_endpoint(network, container_id, **changes):
 
 def _attach_dns(container_id, pid, endpoints, servers=()):
     """The embedded DNS server answers in this container if it is on a user-defined network."""
-    from labtool.network import store
+    from labtool.network import dns, store
 
     if not any(network["Name"] != store.DEFAULT for network, _ in endpoints):
         return
-    try:
-        from labtool.network import dns
-    except ImportError:           # (the resolver comes with dns.py)
-        return
-    explain.say("network", f"dns: answer on {_embedded()}:53 in the container's namespace",
-                "names of the containers on its networks")
-    dns.attach(container_id, f"/proc/{pid}/ns/net")
+    explain.say("network", f"dns: a socket on {dns.EMBEDDED_IP}:53 made in the container's namespace, "
+                f"read by labtool's resolver", "names of the containers on its networks")
+    dns.attach(container_id, f"/proc/{pid}/ns/net", [(s, 53) for s in servers] or None)
 
 
 def _detach_dns(container_id):
-    try:
-        from labtool.network import dns
-    except ImportError:
-        return
+    from labtool.network import dns
+
     dns.detach(container_id)
-
-
-def _embedded():
-    from labtool.network.etc import EMBEDDED_DNS
-
-    return EMBEDDED_DNS
 
 
 # --- live changes: network connect / disconnect -------------------------------------------
@@ -334,7 +322,11 @@ def connect(network_name, container, aliases=()):
             bridge.remove_link(endpoint["Veth"])
             store.release(network["Id"], record.id)
             raise
-        _attach_dns(record.id, pid, store.endpoints_of(record.id))
+        from labtool.network import dns
+
+        if record.id not in dns.attached():
+            servers = record.config.get("network", {}).get("dns", [])
+            _attach_dns(record.id, pid, store.endpoints_of(record.id), servers)
     entries.append({"Network": network["Name"], "Aliases": list(aliases)})
     store.save_attachments(record.id, entries)
 
@@ -397,10 +389,14 @@ def settings(record):
 
 def reset(own_root):
     """``labtool reset``: the networks of this root (their bridges), and the firewall's chains."""
-    from labtool.network import bridge, firewall, naming, store
+    from labtool.network import bridge, firewall, naming, publish, store
 
-    said = []
-    firewall.reset()
+    from labtool.network import dns
+
+    said = ["stopped the DNS resolver"] if dns.stop() else []
+    if publish.listed():
+        firewall.reset()
+        said.append("removed labtool's iptables chains of this root")
     for network in store.all_networks():
         ifname = network["Options"]["com.docker.network.bridge.name"]
         bridge.remove_link(ifname)

@@ -13,14 +13,46 @@ netlink socket and closes it.
 
 import errno
 import ipaddress
+import json
+import os
 
-from labtool import explain
+from labtool import explain, syscalls
 
 
-def _iproute(netns=None):
+def _iproute():
     from pyroute2 import IPRoute   # heavy: imported only when a network is made
 
-    return IPRoute(netns=netns) if netns else IPRoute()
+    return IPRoute()
+
+
+def in_netns(pid, work):
+    """Run ``work()`` in the network namespace of process ``pid`` and return its result.
+
+    A forked child joins that namespace (setns(2), man 2 setns) and opens its netlink socket
+    there, so that ``ip`` commands act on the container's links; we stay on the host's.
+    """
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.close(r)
+            fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+            syscalls.setns(fd, syscalls.CLONE_NEWNET)
+            os.write(w, json.dumps({"result": work()}).encode())
+            os._exit(0)
+        except BaseException as e:          # anything: report it, never run the parent's code
+            os.write(w, json.dumps({"error": f"{type(e).__name__}: {e}"}).encode())
+            os._exit(1)
+    os.close(w)
+    data = b""
+    while chunk := os.read(r, 65536):
+        data += chunk
+    os.close(r)
+    os.waitpid(child, 0)
+    answer = json.loads(data or b'{"error": "the helper process died"}')
+    if "error" in answer:
+        raise OSError(f"in the network namespace of {pid}: {answer['error']}")
+    return answer["result"]
 
 
 def host_routes():
@@ -98,14 +130,20 @@ def plug(pid, bridge, veth, ifname, address, prefixlen, gateway, mac, default_ro
     explain.say("network", f"netlink in the container: ip addr add {address}/{prefixlen} dev {ifname}; "
                 f"ip link set {ifname} up" + (f"; ip route add default via {gateway}" if default_route else ""),
                 "its address on the network, and the way out")
-    try:
-        with _iproute(f"/proc/{pid}/ns/net") as ns:
+    def inside():
+        with _iproute() as ns:
+            # lo up now (step 02 would do it a moment later in the child): the embedded DNS
+            # server's socket on 127.0.0.11 is made in this namespace before the child runs
+            ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
             index = ns.link_lookup(ifname=ifname)[0]
             ns.link("set", index=index, address=mac)
             ns.addr("add", index=index, address=address, prefixlen=prefixlen)
             ns.link("set", index=index, state="up")
             if default_route:
                 ns.route("add", dst="default", gateway=gateway)
+
+    try:
+        in_netns(pid, inside)
     except BaseException:
         remove_link(veth)
         raise
@@ -113,8 +151,11 @@ def plug(pid, bridge, veth, ifname, address, prefixlen, gateway, mac, default_ro
 
 def free_ifname(pid):
     """The first of eth0, eth1, ... not taken in the network namespace of ``pid``."""
-    with _iproute(f"/proc/{pid}/ns/net") as ns:
-        taken = {link.get_attr("IFLA_IFNAME") for link in ns.get_links()}
+    def names():
+        with _iproute() as ns:
+            return [link.get_attr("IFLA_IFNAME") for link in ns.get_links()]
+
+    taken = set(in_netns(pid, names))
     n = 0
     while f"eth{n}" in taken:
         n += 1
@@ -122,8 +163,11 @@ def free_ifname(pid):
 
 
 def has_default_route(pid):
-    with _iproute(f"/proc/{pid}/ns/net") as ns:
-        return any(r["dst_len"] == 0 for r in ns.get_routes(family=2, table=254))
+    def default():
+        with _iproute() as ns:
+            return any(r["dst_len"] == 0 for r in ns.get_routes(family=2, table=254))
+
+    return in_netns(pid, default)
 
 
 def links():
