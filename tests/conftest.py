@@ -79,11 +79,20 @@ def _runs_labtool(pid):
     return "labtool" in argv or any(a.endswith("/labtool") for a in argv[:2])
 
 
+def _another_runs_netns(name):
+    """A network namespace that a test of another pytest run made: tests name theirs
+    ``lt-<what>test-<pid>-...`` with the pid of their pytest process."""
+    head, _, rest = name.partition("test-")
+    pid = rest.split("-")[0]
+    return head.startswith("lt-") and pid.isdigit() and int(pid) != os.getpid()
+
+
 def _mounts():
     with open("/proc/self/mountinfo") as f:
         found = {(line.split()[4], line.split(" - ")[1].split()[0]) for line in f}
     containers = ("/lib/containers/", "/labtool/containers/")      # a test root's, or /var/lib/labtool's
-    return sorted(m for m in found if not any(c in m[0] for c in containers) or _is_ours(m[0]))
+    return sorted(m for m in found if (not any(c in m[0] for c in containers) or _is_ours(m[0]))
+                  and not (m[0].startswith("/run/netns/") and _another_runs_netns(m[0][len("/run/netns/"):])))
 
 
 def _cgroups():
@@ -163,7 +172,8 @@ def host_state():
     return {
         "mounts": _mounts(),
         "links": _links(),
-        "netns": sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else [],
+        "netns": sorted(n for n in (os.listdir("/run/netns") if os.path.isdir("/run/netns") else [])
+                        if not _another_runs_netns(n)),
         "cgroups": _cgroups(),
         "iptables": _iptables(),
         "hostname": socket.gethostname(),

@@ -230,3 +230,17 @@ def test_attach_to_a_namespace_that_is_gone_is_a_clear_error(root):
     with pytest.raises(LabtoolError, match="cannot listen on 127.0.0.11:53 in /run/netns/lt-no-such-ns"):
         dns.attach("ctr-x", "/run/netns/lt-no-such-ns")
     assert not dns.running()
+
+
+def test_an_upstream_that_is_closed_is_servfail_at_once(root, netns):
+    a = netns()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:      # a port that was free a moment ago
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    server = start_resolver({}, [["127.0.0.1", closed]])
+    dns.attach("ctr-a", f"/run/netns/{a}")
+    t0 = time.time()
+    assert ask(a, "outside.test", timeout=5) == f"{dns.SERVFAIL}"
+    assert time.time() - t0 < dns.Resolver.FORWARD_TIMEOUT      # the ICMP "port unreachable" ends it
+    dns.stop()
+    server.wait(timeout=10)

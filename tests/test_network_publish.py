@@ -239,3 +239,76 @@ def test_remove_all_takes_this_roots_chains_and_jumps(lab):
     assert publish.listed() == []
     out = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
     assert publish.chain("FWD") not in out
+
+
+def test_route_localnet_is_what_makes_loopback_work(lab):
+    """FACTS.md: without route_localnet on the bridge, 127.0.0.1:PORT stops working."""
+    lab.serve("a", 80)
+    lab.owners.append("ctr-a")
+    [b] = publish.publish("ctr-a", lab.bridge, lab.ip["a"], ports.parse("80"))
+    localnet = f"/proc/sys/net/ipv4/conf/{lab.bridge}/route_localnet"
+    with open(localnet, "w") as f:
+        f.write("0")
+    assert lab.get("127.0.0.1", b.host_port) == "TimeoutError"      # the kernel drops it as a martian
+    assert lab.get(host_address(), b.host_port) == "hello from a:80"  # the host's address does not need it
+    with open(localnet, "w") as f:
+        f.write("1")
+    assert lab.get("127.0.0.1", b.host_port) == "hello from a:80"
+    assert lab.get(lab.gateway, b.host_port, ns="b") == "hello from a:80"
+
+
+def test_explain_narrates_each_rule(lab, capfd, monkeypatch):
+    from labtool import explain
+
+    monkeypatch.setattr(explain, "enabled", True)
+    lab.owners.append("ctr-a")
+    [b] = publish.publish("ctr-a", lab.bridge, lab.ip["a"], ports.parse("8080:80"))
+    err = capfd.readouterr().err
+    assert f"[network] iptables -t nat -A {publish.chain('DNAT')} -p tcp --dport 8080 -j DNAT" in err
+    assert "host port 8080 -> " in err
+
+
+def test_icc_false_works_by_the_bridges_own_switch_even_when_the_hosts_is_off(tmp_path):
+    """The design choice, measured: in a namespace of its own that plays the host, with the
+    global ``net.bridge.bridge-nf-call-iptables`` at 0 (a per-namespace setting), icc=false
+    still blocks, because publish.py turns on the bridge's own ``nf_call_iptables``; turn that
+    off and the DROP rule is never consulted."""
+    tag = f"{os.getpid()}-{random.randint(0, 0xffff):04x}"
+    ns = {n: f"lt-nftest-{tag}-{n}" for n in ("h", "a", "b")}
+    ip = {"a": "10.77.0.2", "b": "10.77.0.3"}
+    server = None
+    try:
+        for name in ns.values():
+            sh("ip", "netns", "add", name)
+        h = ns["h"]
+        sh("ip", "netns", "exec", h, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=0")
+        sh("ip", "-n", h, "link", "add", "br0", "type", "bridge")
+        sh("ip", "-n", h, "addr", "add", "10.77.0.1/24", "dev", "br0")
+        sh("ip", "-n", h, "link", "set", "br0", "up")
+        for n in "ab":
+            sh("ip", "-n", h, "link", "add", f"v{n}", "type", "veth", "peer", "name", "eth0", "netns", ns[n])
+            sh("ip", "-n", h, "link", "set", f"v{n}", "master", "br0", "up")
+            sh("ip", "-n", ns[n], "addr", "add", f"{ip[n]}/24", "dev", "eth0")
+            sh("ip", "-n", ns[n], "link", "set", "eth0", "up")
+        server = subprocess.Popen(["ip", "netns", "exec", ns["b"], sys.executable, "-c", SERVER, ip["b"], "80", "b"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def get():
+            argv = ["ip", "netns", "exec", ns["a"], sys.executable, "-c", CLIENT, ip["b"], "80", "1"]
+            return subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout.strip()
+        deadline = time.time() + 10
+        while get() != "b":
+            assert time.time() < deadline, "the test server did not start"
+            time.sleep(0.1)
+        env = dict(os.environ, LABTOOL_ROOT=str(tmp_path / "root"))
+        code = "from labtool.network import publish; publish.add_bridge('br0', '10.77.0.0/24', icc=False)"
+        subprocess.run(["ip", "netns", "exec", h, sys.executable, "-c", code], check=True, env=env)
+        assert get() == "TimeoutError"
+        sh("ip", "-n", h, "link", "set", "br0", "type", "bridge", "nf_call_iptables", "0")
+        assert get() == "b"                    # the same DROP rule is there, but never consulted
+    finally:
+        if server:
+            server.kill()
+            server.wait()
+        for name in ns.values():             # the "host" namespace takes its bridge and rules along
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)

@@ -393,7 +393,8 @@ class Resolver:
         up = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         up.setblocking(False)
         try:
-            up.sendto(data, (ip, port))
+            up.connect((ip, port))        # a connected socket takes replies from that server only
+            up.send(data)
         except OSError:
             up.close()
             if ups:

@@ -128,7 +128,7 @@ def _iptables(table, *args, check=True, why=""):
     """Run ``iptables -w -t TABLE ARGS`` (``-w``: wait for the xtables lock, not fail)."""
     argv = ["iptables", "-w", "-t", table, *args]
     if args and args[0] in ("-A", "-I", "-D", "-N", "-X", "-F"):
-        explain.say("network", " ".join(shlex.quote(a) for a in argv[1:]), why)
+        explain.say("network", "iptables " + " ".join(shlex.quote(a) for a in argv[2:]), why)
     p = subprocess.run(argv, capture_output=True, text=True)
     if check and p.returncode != 0:
         raise LabtoolError(f"iptables {' '.join(args)} failed: {p.stderr.strip()}")
