@@ -110,6 +110,10 @@ def build(spec):
     steps = active_steps(spec.upto)
     names = [s.name for s in steps]
     image = images.find_or_make(spec.image)
+    # the image's WORKDIR and USER, unless -w / -u say otherwise (notebook 04b, Dockerfiles)
+    settings = image.config.get("config") or {}
+    spec.process.cwd = spec.process.cwd or settings.get("WorkingDir") or "/"
+    spec.process.user = spec.process.user or settings.get("User") or ""
     c = Container(spec=spec, image=image, id=spec.id, dir=paths.container_dir(spec.id),
                   rootfs=os.path.join(paths.container_dir(spec.id), "rootfs"), steps=steps)
     if "namespaces" in names:
@@ -191,9 +195,12 @@ def command_of(spec, image):
 
 def environment(image, spec_env, hostname="", user=""):
     """The image's ENV, then HOSTNAME and HOME, then -e flags: later ones win."""
-    env = {}
+    from labtool.spec import DEFAULT_PATH
+
+    env = {"PATH": DEFAULT_PATH}            # unless the image's ENV (or -e) says otherwise
     root = user.split(":")[0] in ("", "0", "root")
     home = [f"HOME={'/root' if root else '/'}"]     # (Docker takes it from /etc/passwd: root's is /root)
+    spec_env = [item for item in spec_env if item != f"PATH={DEFAULT_PATH}"]   # the spec's default
     for item in list(image.env) + ([f"HOSTNAME={hostname}"] if hostname else []) + home + list(spec_env):
         key, _, value = item.partition("=")
         env[key] = value
