@@ -174,6 +174,7 @@ def _image_commands(sub):
     images = sub.add_parser("images", help="list images")
     images.add_argument("--all", "-a", action="store_true", help="the intermediate images of builds too")
     images.add_argument("--quiet", "-q", action="store_true", help="only the ids")
+    images.add_argument("repository", nargs="?", default="", metavar="REPOSITORY[:TAG]")
     build = sub.add_parser("build", help="build an image from a Dockerfile")
     build.add_argument("--tag", "-t", action="append", default=[], metavar="NAME[:TAG]")
     build.add_argument("--file", "-f", default="", metavar="FILE", help="the Dockerfile (default: CONTEXT/Dockerfile)")
@@ -499,10 +500,11 @@ def cmd_exec(a):
 def cmd_images(a):
     from labtool.images import listing
 
+    wanted = getattr(a, "repository", "")
     if a.quiet:
-        print("\n".join(dict.fromkeys(row[2] for row in listing.images_rows(a.all))))
+        print("\n".join(dict.fromkeys(row[2] for row in listing.images_rows(a.all, wanted))))
     else:
-        print(listing.images_table(a.all))
+        print(listing.images_table(a.all, wanted))
     return 0
 
 

@@ -257,9 +257,8 @@ def names(run):
 
 @pytest.fixture
 def images():
-    """Image names for a test; untagged after it (the notebooks list the images of this root)."""
-    from labtool.images import store
-
+    """Image names for a test; removed after it (``rmi -f``: the tag, and the image with its
+    intermediate images when no container needs them; the notebooks list this root's images)."""
     made = []
 
     def image(ref):
@@ -267,5 +266,5 @@ def images():
         return ref
 
     yield image
-    for ref in made:
-        store.untag(ref)
+    if made:
+        labtool("rmi", "-f", *made)

@@ -37,6 +37,7 @@ PACKAGES=(
     procps           # ps, for the host side of the demos
     python3-venv     # the lab's virtualenv
     runc             # the reference OCI runtime, for bench/startup.py
+    skopeo umoci     # independent readers of labtool's OCI image layout (tests, notebook 04b)
     make git
 )
 missing=()

@@ -113,7 +113,9 @@ class Builder:
         meta, stages = self.stages()
         self.context = ctx.Context(o.context)
         self.say(f"Sending build context to Docker daemon  {human_size(self.context.size(), 4)}")
-        self.total = sum(1 + len(s.instructions) for s in stages)
+        self.total = len(self.meta_args) + sum(1 + len(s.instructions) for s in stages)
+        for ins in self.meta_args:              # Docker counts and shows the ARGs before FROM too
+            self.begin(ins)
         self.stages_done = []
         image = None
         for stage in stages:
@@ -133,6 +135,7 @@ class Builder:
     def stages(self):
         """The global ARGs (before the first FROM) and the stages up to the target."""
         meta, stages = {}, []
+        self.meta_args = []
         for ins in self.df.instructions:
             if ins.keyword == "FROM":
                 parts = dockerfile.words(ins.args, self.values_of(meta), self.df.escape)
@@ -144,6 +147,7 @@ class Builder:
                 if ins.keyword != "ARG":
                     raise self.df.error(ins, f"{ins.keyword}: no build stage in current context "
                                              "(a Dockerfile starts with FROM, or ARGs before FROM)")
+                self.meta_args.append(ins)
                 for key, value in self.key_values(ins, self.values_of(meta)):
                     meta[key] = self.o.build_args.get(key, value)
                     if key in self.o.build_args:

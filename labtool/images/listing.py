@@ -73,7 +73,7 @@ def table(rows, header):
     return "\n".join("".join(cell.ljust(w) for cell, w in zip(r, widths)) + r[-1] for r in rows)
 
 
-def images_rows(everything=False):
+def images_rows(everything=False, wanted=""):
     """``labtool images``: (repository, tag, id, created, size) of each tagged image, and of
     untagged ones that are nobody's parent ("dangling", ``<none>``); ``-a``: all of them."""
     rows, entries = [], store.entries()
@@ -84,14 +84,16 @@ def images_rows(everything=False):
             continue                               # an intermediate image: shown with -a
         for ref in entry.refs or ["<none>:<none>"]:
             repo, _, tag = ref.rpartition(":")
+            if wanted and wanted not in (repo, ref):
+                continue
             rows.append((repo, tag, short(image.id), ago(image.config.get("created", "")),
                          human_size(size_of(image)), image.config.get("created", "")))
     rows.sort(key=lambda r: r[5], reverse=True)
     return [r[:5] for r in rows]
 
 
-def images_table(everything=False):
-    rows = images_rows(everything)
+def images_table(everything=False, wanted=""):
+    rows = images_rows(everything, wanted)
     widths = [max([20] + [len(r[0]) + 3 for r in rows]), max([10] + [len(r[1]) + 3 for r in rows]), 15,
               max([23] + [len(r[3]) + 3 for r in rows])]
     lines = ["".join(h.ljust(w) for h, w in zip(("REPOSITORY", "TAG", "IMAGE ID", "CREATED"), widths)) + "SIZE"]

@@ -372,6 +372,15 @@ def _store_image(ref, layer_descriptors, config, parent=""):
     return from_manifest(digest, ref or "")
 
 
+def store_manifest(ref, manifest_bytes):
+    """Record a manifest whose config and layers are in the store already (``load``, a
+    pull): its bytes are kept as they are, so that its digest stays the same."""
+    digest = write_blob(manifest_bytes)
+    ref = normalize(ref) if ref else None
+    _edit_index(_tagged(ref, _descriptor(digest, ref)))
+    return from_manifest(digest, ref or "")
+
+
 def _descriptor(manifest_digest, ref=None, parent=""):
     """The entry of index.json for one image (and one of its tags, if ``ref``)."""
     notes = {}
