@@ -151,7 +151,16 @@ def build(spec):
 def load(container_id):
     """The Container of an existing container directory (``labtool start``)."""
     with open(os.path.join(paths.container_dir(container_id), "config.json")) as f:
-        return build(spec_from_dict(json.load(f)))
+        spec = spec_from_dict(json.load(f))
+    try:
+        return build(spec)
+    except images.ImageNotFound:
+        # its image lost its name (rmi -f): the image itself stays while a container uses it
+        made_from = overlay.storage_of(paths.container_dir(container_id)).get("Image")
+        if not made_from:
+            raise
+        spec.image = made_from
+        return build(spec)
 
 
 def _donor_pid(name, kind):

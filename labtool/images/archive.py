@@ -62,8 +62,10 @@ def load(path):
     ("Loaded image: busybox:latest", or "Loaded image ID: sha256:..." for an untagged one)."""
     try:
         tar = tarfile.open(path)
-    except (OSError, tarfile.TarError) as e:
-        raise LabtoolError(f"load: {path} is not a tar archive: {e}") from None
+    except OSError as e:
+        raise LabtoolError(f"load: cannot read {path}: {e.strerror}") from None
+    except tarfile.TarError:
+        raise LabtoolError(f"load: {path} is not a tar archive") from None
     with tar:
         def blob(digest):
             try:
