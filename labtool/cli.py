@@ -6,7 +6,8 @@
                 [--pids-limit N] [--device D] [--cap-add CAP] [--cap-drop CAP]
                 [--security-opt no-new-privileges] IMAGE [CMD...]
     labtool exec [-e K=V] [-w DIR] [-u USER] CONTAINER CMD...
-    labtool images
+    labtool images       labtool pull IMAGE     labtool push IMAGE
+    labtool login [-u USER] [-p PASS | --password-stdin] [SERVER]     labtool logout [SERVER]
     labtool stats [--no-stream] [CONTAINER...]
     labtool inspect CONTAINER...
     labtool rm [-f] [-v] CONTAINER...     labtool diff CONTAINER     labtool commit CONTAINER IMAGE
@@ -56,6 +57,7 @@ def _parser():
 
     sub.add_parser("images", help="list images")
     _storage_commands(sub)
+    _registry_commands(sub)
 
     _lifecycle_commands(sub)
 
@@ -166,6 +168,19 @@ def _lifecycle_commands(sub):
     system = sub.add_parser("system", help="boot: start containers whose restart policy says so; "
                                            "stop-daemon: stop the labtool daemon")
     system.add_argument("action", choices=["boot", "stop-daemon"])
+
+
+def _registry_commands(sub):
+    """Step 04b's registry commands: login, logout, pull, push."""
+    login = sub.add_parser("login", help="log in to a registry (credentials stored for pull and push)")
+    login.add_argument("--username", "-u", default="", help="user name")
+    login.add_argument("--password", "-p", default="", help="password (prefer --password-stdin)")
+    login.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    login.add_argument("server", nargs="?", default="", metavar="SERVER", help="HOST[:PORT] of the registry")
+    logout = sub.add_parser("logout", help="forget the credentials for a registry")
+    logout.add_argument("server", nargs="?", default="", metavar="SERVER")
+    sub.add_parser("pull", help="download an image from a registry").add_argument("image", metavar="IMAGE[:TAG]")
+    sub.add_parser("push", help="upload an image to a registry").add_argument("image", metavar="IMAGE[:TAG]")
 
 
 def _storage_flags(run):
@@ -585,6 +600,58 @@ def cmd_volume(a):
     return 0
 
 
+def cmd_login(a):
+    import getpass
+
+    from labtool.images import registry
+
+    host = registry.resolve_host(a.server)
+    if a.password and a.password_stdin:
+        raise UsageError("--password and --password-stdin are mutually exclusive")
+    password = a.password
+    if a.password:
+        print("WARNING! Using --password via the CLI is insecure. Use --password-stdin.", file=sys.stderr)
+    elif a.password_stdin:
+        if not a.username:
+            raise UsageError("Must provide --username with --password-stdin")
+        password = sys.stdin.read().rstrip("\r\n")
+    user = a.username
+    if not user:
+        user = input("Username: ").strip()
+    if not password:
+        password = getpass.getpass("Password: ")
+    where = registry.login(host, user, password)
+    print(f"WARNING! Your password will be stored unencrypted in {where} (readable by root only).",
+          file=sys.stderr)
+    print("Login Succeeded")
+    return 0
+
+
+def cmd_logout(a):
+    from labtool.images import registry
+
+    host = registry.resolve_host(a.server)
+    if registry.logout(host):
+        print(f"Removing login credentials for {host}")
+    else:
+        print(f"Not logged in to {host}")
+    return 0
+
+
+def cmd_pull(a):
+    from labtool.images import registry
+
+    registry.pull(a.image)
+    return 0
+
+
+def cmd_push(a):
+    from labtool.images import registry
+
+    registry.push(a.image)
+    return 0
+
+
 def cmd_reset(a):
     from labtool import reset
 
@@ -609,6 +676,7 @@ COMMANDS.update({"create": cmd_create, "start": cmd_start, "stop": cmd_stop, "re
 COMMANDS.update({"stats": cmd_stats, "inspect": cmd_inspect})                      # step 03
 COMMANDS.update({"rm": cmd_rm, "diff": cmd_diff, "commit": cmd_commit, "info": cmd_info,   # step 04
                  "volume": cmd_volume})
+COMMANDS.update({"login": cmd_login, "logout": cmd_logout, "pull": cmd_pull, "push": cmd_push})  # 04b
 
 
 PARSER = None          # the labtool daemon builds the parser once, before it forks workers
