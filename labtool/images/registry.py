@@ -219,7 +219,9 @@ class Client:
         raise RegistryError(f"{url}: cannot answer the registry's challenge '{challenge}'")
 
     def _token(self, params):
-        scope = params.get("scope") or self.scope
+        # Ask for what this command will do (pull, or pull+push) at once, as docker does:
+        # one token then serves every request of the command, whatever the first 401 named.
+        scope = self.scope or params.get("scope", "")
         key = (params["realm"], params.get("service", ""), scope)
         if key not in self.tokens:
             query = {k: v for k, v in (("service", params.get("service")), ("scope", scope)) if v}
