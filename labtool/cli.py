@@ -615,11 +615,16 @@ def cmd_login(a):
         if not a.username:
             raise UsageError("Must provide --username with --password-stdin")
         password = sys.stdin.read().rstrip("\r\n")
-    user = a.username
-    if not user:
-        user = input("Username: ").strip()
-    if not password:
-        password = getpass.getpass("Password: ")
+        if not password:
+            raise UsageError("password is empty: nothing came on stdin")
+    user, asked = a.username, not (a.username and password)
+    if asked and not sys.stdin.isatty():
+        raise UsageError("Cannot perform an interactive login from a non TTY device: use -u and --password-stdin")
+    try:
+        user = user or input("Username: ").strip()
+        password = password or getpass.getpass("Password: ")
+    except EOFError:
+        raise UsageError("login needs a username and a password") from None
     where = registry.login(host, user, password)
     print(f"WARNING! Your password will be stored unencrypted in {where} (readable by root only).",
           file=sys.stderr)

@@ -354,3 +354,20 @@ def test_bearer_token_login_push_pull(token_registry, other_root, run):
     ran = in_root(other_root, "run", "--rm", name, "echo", "token ok")
     assert ran.stdout == "token ok\n"
     assert run("logout", reg.host).returncode == 0
+
+
+def test_notebook_registry_and_its_check(run, capsys):
+    from labtool import check, notebook
+
+    reg = notebook.local_registry()
+    try:
+        assert reg.host.startswith("127.0.0.1:")
+        with pytest.raises(AssertionError, match="has no course/busybox:v1"):
+            check.pushed(reg.host, "course/busybox:v1")
+        tag("busybox", f"{reg.host}/course/busybox:v1")
+        assert run("push", f"{reg.host}/course/busybox:v1").returncode == 0
+        check.pushed(reg.host, "course/busybox:v1")
+        assert capsys.readouterr().out.splitlines()[-1].startswith("✔ ")
+    finally:
+        reg.stop()
+    assert reg.process.poll() is not None and not os.path.exists(reg.workdir)
