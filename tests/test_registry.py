@@ -371,3 +371,34 @@ def test_notebook_registry_and_its_check(run, capsys):
     finally:
         reg.stop()
     assert reg.process.poll() is not None and not os.path.exists(reg.workdir)
+
+
+def test_pull_a_manifest_list_picks_this_machine(registry, other_root, run):
+    """An OCI index (a "multi-arch" image): pull takes the linux manifest for this machine."""
+    import hashlib
+    import platform
+    import urllib.request
+
+    from labtool.images import registry as client
+
+    here = {"x86_64": "amd64", "aarch64": "arm64"}[platform.machine()]
+    other = "arm64" if here == "amd64" else "amd64"
+    run("run", "--rm", "hello-world")                   # made if missing
+    for image in ("busybox", "hello-world"):
+        tag(image, f"{registry.host}/multi:{image}")
+        assert run("push", f"{registry.host}/multi:{image}").returncode == 0
+    entries = []
+    for image, arch in (("hello-world", other), ("busybox", here)):
+        digest = store.find(image).manifest
+        entries.append({"mediaType": client.OCI_MANIFEST, "digest": digest, "size": len(store.read_blob(digest)),
+                        "platform": {"os": "linux", "architecture": arch}})
+    index = json.dumps({"schemaVersion": 2, "mediaType": client.OCI_INDEX, "manifests": entries}).encode()
+    req = urllib.request.Request(f"http://{registry.host}/v2/multi/manifests/both", data=index, method="PUT",
+                                 headers={"Content-Type": client.OCI_INDEX})
+    urllib.request.urlopen(req, timeout=10).close()
+
+    p = in_root(other_root, "pull", f"{registry.host}/multi:both")
+    assert p.returncode == 0, p.stderr
+    assert f"Digest: sha256:{hashlib.sha256(index).hexdigest()}" in p.stdout     # the index names the image
+    ran = in_root(other_root, "run", "--rm", f"{registry.host}/multi:both", "echo", "busybox it is")
+    assert ran.stdout == "busybox it is\n"

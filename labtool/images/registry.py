@@ -315,8 +315,16 @@ def _manifest(client, ref):
     return media, body, digest
 
 
-def _download(client, descriptor, directory, say):
-    """GET one blob into ``directory``, checking its sha256 as it streams; return the path."""
+def _size(n):
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.3g}{unit}"
+        n /= 1000
+
+
+def _download(client, descriptor, directory, say, tty=False):
+    """GET one blob into ``directory``, checking its sha256 as it streams; return the path.
+    On a terminal, a ``Downloading 1.2MB/3.4MB`` line is rewritten as the bytes come."""
     digest = descriptor["digest"]
     short = digest.split(":", 1)[1][:12]
     resp = client.request("GET", f"/v2/{client.repository}/blobs/{digest}", stream=True)
@@ -330,8 +338,10 @@ def _download(client, descriptor, directory, say):
             sha.update(chunk)
             size += len(chunk)
             f.write(chunk)
+            if say and tty:
+                say(f"\r{short}: Downloading  {_size(size)}/{_size(descriptor.get('size', 0))}", end="")
     if say:
-        say(f"{short}: Verifying Checksum")
+        say(("\r\033[K" if tty else "") + f"{short}: Verifying Checksum")
     if "sha256:" + sha.hexdigest() != digest:
         raise RegistryError(f"blob {digest}: the bytes received have digest sha256:{sha.hexdigest()} "
                             f"(a corrupt or tampered download); nothing was stored")
@@ -351,9 +361,10 @@ def pull(ref_text, out=None):
         raise UsageError(f"no registry to pull '{ref_text}' from: name one (HOST[:PORT]/{ref_text}) "
                          "or set LABTOOL_REGISTRY=HOST[:PORT]")
 
-    def say(line):
-        print(line, file=out, flush=True)
+    def say(line, end="\n"):
+        print(line, file=out, flush=True, end=end)
 
+    tty = out.isatty()
     if not ref.digest and ":" not in ref_text.rsplit("/", 1)[-1]:
         say("Using default tag: latest")
     client = Client(ref.host, ref.repository, "pull")
@@ -381,7 +392,7 @@ def pull(ref_text, out=None):
                 layers.append((layer, short))
         for layer, short in layers:
             if short:
-                _download(client, layer, tmp, say)
+                _download(client, layer, tmp, say, tty)
                 say(f"{short}: Download complete")
         image = store.import_pulled(ref.local, media, manifest_bytes, config_bytes, tmp, digest,
                                     progress=lambda blob: say(f"{blob.split(':', 1)[1][:12]}: Pull complete"))
