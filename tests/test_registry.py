@@ -173,7 +173,8 @@ def test_missing_image_without_a_registry(run, other_root):
 def test_pull_unknown_repository_is_one_line(registry, other_root):
     p = in_root(other_root, "pull", f"{registry.host}/nobody/here:1.0")
     assert p.returncode == 125
-    assert p.stderr == f"labtool: manifest for {registry.host}/nobody/here:1.0 not found: manifest unknown: manifest unknown\n"
+    assert p.stderr == (f"labtool: manifest for {registry.host}/nobody/here:1.0 not found: "
+                        "manifest unknown: manifest unknown\n")
     assert not os.path.exists(other_root / "lib" / "images" / "index.json")
 
 
@@ -181,7 +182,8 @@ def test_unreachable_registry_is_one_line(other_root):
     port = localregistry.free_port()
     p = in_root(other_root, "pull", f"127.0.0.1:{port}/busybox")
     assert p.returncode == 125
-    assert p.stderr.startswith(f"labtool: cannot reach the registry 127.0.0.1:{port} ") and "connection refused" in p.stderr
+    assert p.stderr.startswith(f"labtool: cannot reach the registry 127.0.0.1:{port} ")
+    assert "connection refused" in p.stderr
     assert p.stderr.count("\n") == 1
 
 
@@ -213,6 +215,10 @@ def test_basic_auth_login_push_pull(basic_registry, other_root, run):
     denied = in_root(other_root, "pull", name)
     assert (denied.returncode, denied.stderr) == (125, f"labtool: pull access denied for {host}/private/busybox, "
                                                        f"repository does not exist or may require 'labtool login {host}'\n")
+    refused = run("push", name)
+    assert refused.returncode == 125 and refused.stderr.splitlines()[-1] == (
+        f"labtool: push access denied for {host}/private/busybox: unauthorized: authentication required "
+        f"(try 'labtool login {host}')")
 
     wrong = in_root(other_root, "login", "-u", USER, "--password-stdin", host, input="wrong\n")
     assert wrong.returncode == 125

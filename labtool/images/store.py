@@ -328,7 +328,8 @@ def import_pulled(ref, media_type, manifest_bytes, config_bytes, blob_dir, diges
             with open(downloaded if os.path.exists(downloaded) else _blob_path(layer["digest"]), "rb") as f:
                 tar_bytes = _layer_tar(layer.get("mediaType", ""), f.read())
             if "sha256:" + hashlib.sha256(tar_bytes).hexdigest() != diff_id:
-                raise LabtoolError(f"layer {layer['digest']}: its content does not match the config's diff id {diff_id}")
+                raise LabtoolError(f"layer {layer['digest']}: its content does not match "
+                                   f"the config's diff id {diff_id}")
             made.append(unpack_layer(tar_bytes, diff_id))
             if progress:
                 progress(layer["digest"])
