@@ -644,9 +644,10 @@ def cmd_logout(a):
 
 
 def cmd_pull(a):
-    from labtool.images import registry
+    from labtool.images import reference, registry
 
     registry.pull(a.image)
+    print(reference.parse(a.image).name_and_tag)       # the full name, as docker pull ends
     return 0
 
 

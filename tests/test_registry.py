@@ -124,7 +124,7 @@ def test_push_pull_run_round_trip(registry, other_root, run):
     assert pulled.stdout.splitlines() == [
         "latest: Pulling from busybox", f"{layer_id}: Pulling fs layer", f"{layer_id}: Verifying Checksum",
         f"{layer_id}: Download complete", f"{layer_id}: Pull complete", f"Digest: {digest}",
-        f"Status: Downloaded newer image for {name}"]
+        f"Status: Downloaded newer image for {name}", name]
     same = in_root(other_root, "pull", name)
     assert f"Status: Image is up to date for {name}" in same.stdout
     ran = in_root(other_root, "run", "--rm", name, "sh", "-c", "echo pulled; ls /bin | wc -l")

@@ -43,6 +43,11 @@ class Reference:
         return f"{self.host}/{self.repository}" if self.host else self.repository
 
     @property
+    def name_and_tag(self):
+        """``127.0.0.1:5000/busybox:latest``: the full name, registry and all."""
+        return self.name + (f":{self.tag}" if self.tag else "") + (f"@{self.digest}" if self.digest else "")
+
+    @property
     def wanted(self):
         """The manifest to ask the registry for: the digest if given, else the tag."""
         return self.digest or self.tag

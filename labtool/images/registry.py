@@ -122,9 +122,9 @@ def resolve_host(server):
 # --- HTTP with the registry's authentication challenges -------------------------------
 
 def _scheme(host):
-    name = host.rsplit(":", 1)[0] if host.count(":") == 1 or host.endswith("]") else host
-    name = name.strip("[]")
-    return "http" if name in ("127.0.0.1", "localhost", "::1") or name.startswith("127.") else "https"
+    """http for a registry on this machine's loopback (as Docker's insecure default), else https."""
+    name = urllib.parse.urlsplit("//" + host).hostname or ""
+    return "http" if name in ("localhost", "::1") or name.startswith("127.") else "https"
 
 
 def _parse_challenge(header):
