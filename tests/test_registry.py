@@ -213,8 +213,9 @@ def test_basic_auth_login_push_pull(basic_registry, other_root, run):
     name = f"{host}/private/busybox:latest"
     tag("busybox", name)
     denied = in_root(other_root, "pull", name)
-    assert (denied.returncode, denied.stderr) == (125, f"labtool: pull access denied for {host}/private/busybox, "
-                                                       f"repository does not exist or may require 'labtool login {host}'\n")
+    assert denied.returncode == 125
+    assert denied.stderr == (f"labtool: pull access denied for {host}/private/busybox, "
+                             f"repository does not exist or may require 'labtool login {host}'\n")
     refused = run("push", name)
     assert refused.returncode == 125 and refused.stderr.splitlines()[-1] == (
         f"labtool: push access denied for {host}/private/busybox: unauthorized: authentication required "
