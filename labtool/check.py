@@ -1266,3 +1266,35 @@ def smallest_caps(flags):
                     if len(names) > 4 else "take it out and try again")
             _fail(f"{name} is not needed: the task runs without it ({len(names)} capabilities given)", hint)
     _ok(f"The task needs {', '.join(names)}, each of them, and nothing more: the smallest set, correct")
+
+
+# --- 04b-images: the registry -------------------------------------------------------------
+
+def pushed(host, name):
+    """Exercise: push an image to the notebook's registry as ``name`` (``REPO:TAG``). The
+    registry is asked (GET /v2/REPO/manifests/TAG); its digest must be the one of the local
+    image of that name, as ``labtool push`` printed it."""
+    import urllib.error
+    import urllib.request
+
+    from labtool.images import reference, registry, store
+
+    ref = reference.parse(f"{host}/{name}")
+    req = urllib.request.Request(f"http://{host}/v2/{ref.repository}/manifests/{ref.wanted}",
+                                 headers={"Accept": registry.ACCEPT})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            digest = resp.headers.get("Docker-Content-Digest")
+    except urllib.error.HTTPError as e:
+        _fail(f"the registry at {host} has no {ref.repository}:{ref.wanted} (HTTP {e.code})",
+              f"give the image that name with `labtool tag busybox {ref.local}`, then `labtool push {ref.local}`")
+    except OSError as e:
+        _fail(f"the registry at {host} does not answer ({e})", "run the cell that starts the registry again")
+    local = store.find(ref.local)
+    if local is None:
+        _fail(f"the registry has {ref.repository}:{ref.wanted}, but there is no local image {ref.local}",
+              f"pull it back: labtool pull {ref.local}")
+    if digest not in (local.manifest, store.repo_digest(ref.local)):
+        _fail(f"the registry's {ref.repository}:{ref.wanted} is {digest[:19]}..., the local one "
+              f"{local.manifest[:19]}...", f"push again: labtool push {ref.local}")
+    _ok(f"{ref.local} is in the registry with digest {digest[:19]}..., the same as the local image")

@@ -6,7 +6,8 @@
                 [--pids-limit N] [--device D] [--cap-add CAP] [--cap-drop CAP]
                 [--security-opt no-new-privileges] IMAGE [CMD...]
     labtool exec [-e K=V] [-w DIR] [-u USER] CONTAINER CMD...
-    labtool images
+    labtool images       labtool pull IMAGE     labtool push IMAGE
+    labtool login [-u USER] [-p PASS | --password-stdin] [SERVER]     labtool logout [SERVER]
     labtool stats [--no-stream] [CONTAINER...]
     labtool inspect CONTAINER...
     labtool rm [-f] [-v] CONTAINER...     labtool diff CONTAINER     labtool commit CONTAINER IMAGE
@@ -56,6 +57,7 @@ def _parser():
 
     _image_commands(sub)
     _storage_commands(sub)
+    _registry_commands(sub)
 
     _lifecycle_commands(sub)
 
@@ -213,6 +215,19 @@ def _history_flags(history):
                          help="sizes and dates in human form (default true)")
     history.add_argument("--quiet", "-q", action="store_true", help="only the image ids")
     history.add_argument("image", metavar="IMAGE")
+
+
+def _registry_commands(sub):
+    """Step 04b's registry commands: login, logout, pull, push."""
+    login = sub.add_parser("login", help="log in to a registry (credentials stored for pull and push)")
+    login.add_argument("--username", "-u", default="", help="user name")
+    login.add_argument("--password", "-p", default="", help="password (prefer --password-stdin)")
+    login.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    login.add_argument("server", nargs="?", default="", metavar="SERVER", help="HOST[:PORT] of the registry")
+    logout = sub.add_parser("logout", help="forget the credentials for a registry")
+    logout.add_argument("server", nargs="?", default="", metavar="SERVER")
+    sub.add_parser("pull", help="download an image from a registry").add_argument("image", metavar="IMAGE[:TAG]")
+    sub.add_parser("push", help="upload an image to a registry").add_argument("image", metavar="IMAGE[:TAG]")
 
 
 def _storage_flags(run):
@@ -743,6 +758,64 @@ def cmd_volume(a):
     return 0
 
 
+def cmd_login(a):
+    import getpass
+
+    from labtool.images import registry
+
+    host = registry.resolve_host(a.server)
+    if a.password and a.password_stdin:
+        raise UsageError("--password and --password-stdin are mutually exclusive")
+    password = a.password
+    if a.password:
+        print("WARNING! Using --password via the CLI is insecure. Use --password-stdin.", file=sys.stderr)
+    elif a.password_stdin:
+        if not a.username:
+            raise UsageError("Must provide --username with --password-stdin")
+        password = sys.stdin.read().rstrip("\r\n")
+        if not password:
+            raise UsageError("password is empty: nothing came on stdin")
+    user, asked = a.username, not (a.username and password)
+    if asked and not sys.stdin.isatty():
+        raise UsageError("Cannot perform an interactive login from a non TTY device: use -u and --password-stdin")
+    try:
+        user = user or input("Username: ").strip()
+        password = password or getpass.getpass("Password: ")
+    except EOFError:
+        raise UsageError("login needs a username and a password") from None
+    where = registry.login(host, user, password)
+    print(f"WARNING! Your password will be stored unencrypted in {where} (readable by root only).",
+          file=sys.stderr)
+    print("Login Succeeded")
+    return 0
+
+
+def cmd_logout(a):
+    from labtool.images import registry
+
+    host = registry.resolve_host(a.server)
+    if registry.logout(host):
+        print(f"Removing login credentials for {host}")
+    else:
+        print(f"Not logged in to {host}")
+    return 0
+
+
+def cmd_pull(a):
+    from labtool.images import reference, registry
+
+    registry.pull(a.image)
+    print(reference.parse(a.image).name_and_tag)       # the full name, as docker pull ends
+    return 0
+
+
+def cmd_push(a):
+    from labtool.images import registry
+
+    registry.push(a.image)
+    return 0
+
+
 def cmd_reset(a):
     from labtool import reset
 
@@ -769,6 +842,7 @@ COMMANDS.update({"build": cmd_build, "history": cmd_history, "tag": cmd_tag, "rm
                  "save": cmd_save, "load": cmd_load, "image": cmd_image})
 COMMANDS.update({"rm": cmd_rm, "diff": cmd_diff, "commit": cmd_commit, "info": cmd_info,   # step 04
                  "volume": cmd_volume})
+COMMANDS.update({"login": cmd_login, "logout": cmd_logout, "pull": cmd_pull, "push": cmd_push})  # 04b
 
 
 PARSER = None          # the labtool daemon builds the parser once, before it forks workers

@@ -471,3 +471,104 @@ def layer_tar(files):
             info.mtime, info.uname, info.gname = 0, "", ""
             tar.addfile(info, io.BytesIO(data) if data is not None else None)
     return buf.getvalue()
+
+
+# --- registry: pulled images in, an image's blobs out (labtool/images/registry.py) ---------
+# Kept together at the end of the module: what ``labtool pull`` and ``labtool push`` need.
+
+REPO_DIGEST_ANNOTATION = "io.labtool.repo-digest"   # the registry's digest of a pulled image
+
+
+def staging_dir():
+    """Where a pull downloads blobs before they are checked: inside the store, so that
+    moving them in is a rename on the same file system."""
+    os.makedirs(paths.images_dir(), exist_ok=True)
+    return paths.images_dir()
+
+
+def has_blob(digest):
+    return os.path.exists(_blob_path(digest))
+
+
+def repo_digest(ref):
+    """The registry digest recorded when ``ref`` was pulled, or None."""
+    ref = normalize(ref)
+    for name, descriptor in list_images():
+        if name == ref:
+            return descriptor.get("annotations", {}).get(REPO_DIGEST_ANNOTATION)
+    return None
+
+
+def _layer_tar(media_type, blob):
+    """The uncompressed tar of a layer blob, whichever compression its media type names."""
+    import gzip
+
+    if media_type.endswith("gzip") or blob[:2] == b"\x1f\x8b":
+        return gzip.decompress(blob)
+    if media_type.endswith("zstd"):
+        from labtool.errors import LabtoolError
+
+        raise LabtoolError(f"a zstd-compressed layer ({media_type}): labtool reads gzip'd and plain tar layers")
+    return blob
+
+
+def import_pulled(ref, media_type, manifest_bytes, config_bytes, blob_dir, digest, progress=None):
+    """Add a pulled image to the store, its manifest and blobs kept byte for byte (so their
+    digests stay the registry's). ``blob_dir`` holds the downloaded, already checked layer
+    blobs named by their hex digest; layers whose blob the store has are read from it.
+
+    Each layer is unpacked (and its tar checked against the config's diff id) before anything
+    is recorded; if one fails, the layers this call unpacked are removed again and the tag is
+    not written, so a failed pull leaves nothing half-made.
+    """
+    import hashlib
+    import shutil
+
+    from labtool.errors import LabtoolError
+
+    manifest = json.loads(manifest_bytes)
+    config = json.loads(config_bytes)
+    diff_ids = config.get("rootfs", {}).get("diff_ids", [])
+    if len(diff_ids) != len(manifest["layers"]):
+        raise LabtoolError(f"{ref}: the manifest has {len(manifest['layers'])} layers, its config {len(diff_ids)}")
+    made = []
+    try:
+        for layer, diff_id in zip(manifest["layers"], diff_ids):
+            downloaded = os.path.join(blob_dir, layer["digest"].split(":", 1)[1])
+            target = os.path.join(paths.layers_dir(), diff_id.split(":", 1)[1])
+            if os.path.isdir(target):
+                if progress and os.path.exists(downloaded):
+                    progress(layer["digest"])
+                continue
+            with open(downloaded if os.path.exists(downloaded) else _blob_path(layer["digest"]), "rb") as f:
+                tar_bytes = _layer_tar(layer.get("mediaType", ""), f.read())
+            if "sha256:" + hashlib.sha256(tar_bytes).hexdigest() != diff_id:
+                raise LabtoolError(f"layer {layer['digest']}: its content does not match "
+                                   f"the config's diff id {diff_id}")
+            made.append(unpack_layer(tar_bytes, diff_id))
+            if progress:
+                progress(layer["digest"])
+        for layer in manifest["layers"]:
+            downloaded = os.path.join(blob_dir, layer["digest"].split(":", 1)[1])
+            if os.path.exists(downloaded):
+                os.makedirs(os.path.dirname(_blob_path(layer["digest"])), exist_ok=True)
+                os.replace(downloaded, _blob_path(layer["digest"]))
+        write_blob(config_bytes)
+        manifest_digest = write_blob(manifest_bytes)
+    except BaseException:
+        for directory in made:
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
+    descriptor = {"mediaType": media_type, "digest": manifest_digest, "size": len(manifest_bytes),
+                  "annotations": {REF_ANNOTATION: normalize(ref), REPO_DIGEST_ANNOTATION: digest}}
+    _update_index(normalize(ref), descriptor)
+    return find(ref)
+
+
+def image_blobs(image):
+    """What pushing ``image`` sends: (manifest media type, manifest bytes as stored,
+    [config descriptor, layer descriptors...])."""
+    manifest_bytes = read_blob(image.manifest)
+    manifest = json.loads(manifest_bytes)
+    media_type = manifest.get("mediaType") or MEDIA_MANIFEST
+    return media_type, manifest_bytes, [manifest["config"]] + manifest["layers"]
