@@ -1298,3 +1298,111 @@ def pushed(host, name):
         _fail(f"the registry's {ref.repository}:{ref.wanted} is {digest[:19]}..., the local one "
               f"{local.manifest[:19]}...", f"push again: labtool push {ref.local}")
     _ok(f"{ref.local} is in the registry with digest {digest[:19]}..., the same as the local image")
+
+
+# --- 04b-images: builds -------------------------------------------------------------------
+
+def _build_answer(dockerfile, tag, files=None):
+    """Build the learner's Dockerfile text in a fresh context (with ``files``); the Result and
+    the context directory (the caller removes both the image and the directory)."""
+    import tempfile
+
+    if not isinstance(dockerfile, str) or "FROM" not in dockerfile.upper():
+        _fail("the answer is not a Dockerfile", "write its text in triple quotes, starting with FROM busybox")
+    top = tempfile.mkdtemp(prefix="labtool-04b-check-", dir="/tmp")
+    for name, text in dict(files or {}, Dockerfile=dockerfile).items():
+        with open(os.path.join(top, name), "w") as f:
+            f.write(text)
+    return notebook.labtool("build", "-t", tag, top, quiet=True, timeout=120), top
+
+
+def _drop_build(tag, top, *outputs):
+    """Remove the check's image, and the untagged images its builds left (earlier stages,
+    an image a second build untagged), then its context."""
+    from labtool.images import store
+
+    notebook.labtool("rmi", "-f", tag, quiet=True)
+    made = [i for out in outputs for i in re.findall(r"^ ---> ([0-9a-f]{12})$", out, re.M)]
+    for image_id in dict.fromkeys(reversed(made)):
+        image = store.find_by_id(image_id)
+        if image is not None and not store.entry_of(image).refs and not store.children_of(image.id):
+            notebook.labtool("rmi", image_id, quiet=True)
+    shutil.rmtree(top, ignore_errors=True)
+
+
+def _build_failed(r):
+    lines = [line for line in (r.err or r.out).splitlines() if line.strip()]
+    _fail(f"the Dockerfile does not build: {lines[-1] if lines else f'exit code {r.code}'}",
+          "build it in a cell of its own (labtool build -t try DIR) and read the step that fails")
+
+
+def greets(dockerfile):
+    """Exercise: ``run IMAGE`` prints "Hello, world"; ``run IMAGE Alice`` prints "Hello, Alice"."""
+    tag = "check-04b-greets"
+    r, top = _build_answer(dockerfile, tag)
+    try:
+        if r.code:
+            _build_failed(r)
+        plain = notebook.labtool("run", "--rm", tag, quiet=True)
+        named = notebook.labtool("run", "--rm", tag, "Alice", quiet=True)
+    finally:
+        _drop_build(tag, top, r.out)
+    hint = 'the fixed part is the ENTRYPOINT (exec form: ["echo", "Hello,"]), the part to replace is the CMD'
+    if plain.out.strip() != "Hello, world":
+        _fail(f"labtool run IMAGE printed {plain.out.strip() or plain.err.strip()!r}, not 'Hello, world'", hint)
+    if named.out.strip() != "Hello, Alice":
+        _fail(f"labtool run IMAGE Alice printed {named.out.strip() or named.err.strip()!r}, not 'Hello, Alice'",
+              hint + " (a shell-form ENTRYPOINT ignores the arguments)")
+    _ok("ENTRYPOINT is the fixed part, CMD the default arguments that run's arguments replace: correct")
+
+
+def cache_friendly(dockerfile):
+    """Exercise: after app.txt changes, the slow RUN step comes from the cache, and the image
+    still shows the new app.txt."""
+    tag = "check-04b-cache"
+    r, top = _build_answer(dockerfile, tag, {"app.txt": "version 1\n"})
+    try:
+        if r.code:
+            _build_failed(r)
+        with open(os.path.join(top, "app.txt"), "w") as f:
+            f.write("version 2\n")
+        again = notebook.labtool("build", "-t", tag, top, quiet=True, timeout=120)
+        if again.code:
+            _build_failed(again)
+        shown = notebook.labtool("run", "--rm", tag, quiet=True).out.strip()
+    finally:
+        _drop_build(tag, top, r.out, again.out if "again" in locals() else "")
+    steps = re.findall(r"^Step \d+/\d+ : (.*)\n((?: ---> .*\n)+)", again.out, re.M)
+    runs = [(text, "Using cache" in after) for text, after in steps if text.upper().startswith("RUN")]
+    if not runs:
+        _fail("the Dockerfile has no RUN step any more", "keep the slow RUN: only move lines")
+    missed = [text for text, cached in runs if not cached]
+    if missed:
+        _fail(f"after app.txt changed, '{missed[0]}' ran again", "COPY the file that changes after the slow "
+              "step: a step's cache is lost as soon as a step before it changed")
+    if shown != "version 2":
+        _fail(f"the image shows {shown!r}, not the new app.txt ('version 2')", "the COPY of app.txt must stay")
+    _ok("the slow RUN came from the cache and the new app.txt is in the image: the order is right")
+
+
+def small_image(dockerfile):
+    """Exercise: /report.txt says 2000000 (the size of a 2 MB tool the build needs), and the
+    image is at most 100 kB bigger than busybox: the tool is not in any of its layers."""
+    tag = "check-04b-small"
+    r, top = _build_answer(dockerfile, tag)
+    try:
+        if r.code:
+            _build_failed(r)
+        report = notebook.labtool("run", "--rm", tag, "cat", "/report.txt", quiet=True).out.strip()
+        sizes = json.loads(notebook.labtool("image", "inspect", tag, "busybox", quiet=True).out)
+    finally:
+        _drop_build(tag, top, r.out)
+    if report != "2000000":
+        _fail(f"/report.txt says {report!r}, not 2000000", "make /tmp/toolchain with head -c 2000000 /dev/zero, "
+              "then wc -c < /tmp/toolchain > /report.txt")
+    extra = sizes[0]["Size"] - sizes[1]["Size"]
+    if extra > 100_000:
+        _fail(f"the image is {extra / 1e6:.2f} MB bigger than busybox: the toolchain is still in a layer",
+              "rm in a later RUN only hides it; make and remove it in one RUN (&&), or build in a stage "
+              "of its own and COPY --from it only /report.txt")
+    _ok(f"/report.txt is right and the image is only {extra} bytes bigger than busybox: small, correct")

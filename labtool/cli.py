@@ -551,13 +551,10 @@ def cmd_history(a):
 
 
 def cmd_tag(a):
-    from labtool import changes
-    from labtool.images import listing, store
+    from labtool.images import listing, reference, store
 
     image = listing.get(a.source)
-    if not changes.REFERENCE.match(store.normalize(a.target)):
-        raise UsageError(f"invalid reference format: '{a.target}' (lowercase letters, digits, . _ -, "
-                         "and an optional :TAG)")
+    reference.parse(a.target, default="")          # a name Docker would take, or a one-line error
     store.tag(image, a.target)
     return 0
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from labtool import changes
 from labtool.errors import LabtoolError, UsageError
 from labtool.images import context as ctx
-from labtool.images import dockerfile, store
+from labtool.images import dockerfile, reference, store
 from labtool.spec import DEFAULT_PATH
 
 # ARGs every build knows without declaring them (Docker's predefined proxy arguments)
@@ -107,8 +107,11 @@ class Builder:
             raise UsageError(f"unable to prepare context: unable to evaluate symlinks in Dockerfile path: "
                              f"lstat {path}: no such file or directory") from None
         for ref in o.tags:
-            if not changes.REFERENCE.match(store.normalize(ref)):
-                raise UsageError(f"invalid argument \"{ref}\" for \"-t, --tag\" flag: invalid reference format")
+            try:
+                reference.parse(ref, default="")
+            except UsageError:
+                raise UsageError(f"invalid argument \"{ref}\" for \"-t, --tag\" flag: invalid reference format") \
+                    from None
         self.df = dockerfile.parse(text, os.path.basename(path))
         meta, stages = self.stages()
         self.context = ctx.Context(o.context)
