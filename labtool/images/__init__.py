@@ -6,6 +6,12 @@
     hello.py      ``hello-world``: a tiny static program, assembled byte by byte
     reference.py  image names: [HOST[:PORT]/]PATH[:TAG][@DIGEST], the default registry
     registry.py   pull, push, login, logout: the Docker Registry HTTP API v2
+    dockerfile.py reading a Dockerfile: instructions, the two forms, words and $VARIABLES
+    build.py      ``labtool build``: Docker's classic builder, one image per instruction
+    context.py    the build context and ``.dockerignore``; the files COPY reads
+    listing.py    ``images``, ``image inspect``, ``history``
+    remove.py     ``rmi`` and ``image prune``, with Docker's rules; unused blobs go
+    archive.py    ``save`` and ``load``: images in an OCI archive (a tar)
 
 ``find_or_make(ref)`` is what ``labtool run`` calls: the image from the store; for a
 built-in image that is missing, made on first use; for any other, pulled from its
