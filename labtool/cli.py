@@ -6,10 +6,13 @@
                 [--pids-limit N] [--device D] [--cap-add CAP] [--cap-drop CAP]
                 [--security-opt no-new-privileges] IMAGE [CMD...]
     labtool exec [-e K=V] [-w DIR] [-u USER] CONTAINER CMD...
-    labtool images       labtool pull IMAGE     labtool push IMAGE
+    labtool images [-a]  labtool pull IMAGE     labtool push IMAGE
+    labtool build [-t NAME] [-f FILE] [--build-arg K=V] [--target STAGE] [--no-cache] [-q] CONTEXT
+    labtool history IMAGE   labtool tag SRC DST   labtool rmi [-f] IMAGE...   labtool save -o FILE IMAGE...
+    labtool load -i FILE    labtool image ls|inspect|history|rm|tag|prune
     labtool login [-u USER] [-p PASS | --password-stdin] [SERVER]     labtool logout [SERVER]
     labtool stats [--no-stream] [CONTAINER...]
-    labtool inspect CONTAINER...
+    labtool inspect CONTAINER|IMAGE...
     labtool rm [-f] [-v] CONTAINER...     labtool diff CONTAINER     labtool commit CONTAINER IMAGE
     labtool volume create|ls|inspect|rm|prune     labtool info
     labtool reset [--all]
