@@ -493,25 +493,29 @@ class Builder:
         ``container``: do as Docker's classic builder does for a metadata step, and make a
         container of the parent (never started) to commit: " ---> Running in ...".
         """
+        made = None
         if container:
             if self.cached(stage, created_by):
                 return
             made = self.intermediate(stage, created_by)
-        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        history = {"created": now, "created_by": created_by}
-        if stage.image is None:
-            config = copy.deepcopy(config)
-            config["history"] = config.get("history", []) + [history if layer is not None
-                                                             else dict(history, empty_layer=True)]
-            config["created"] = now
-            stage.image = store.add_image(None, [layer] if layer is not None else [], config)
-        else:
-            stage.image = store.add_layer(stage.image, None, layer, history, config)
-        self.say(f" ---> {short(stage.image.id)}")
-        if container and made:
-            from labtool import runtime
+        try:
+            now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            history = {"created": now, "created_by": created_by}
+            if stage.image is None:
+                config = copy.deepcopy(config)
+                config["history"] = config.get("history", []) + [history if layer is not None
+                                                                 else dict(history, empty_layer=True)]
+                config["created"] = now
+                stage.image = store.add_image(None, [layer] if layer is not None else [], config)
+            else:
+                stage.image = store.add_layer(stage.image, None, layer, history, config)
+            self.say(f" ---> {short(stage.image.id)}")
+        finally:
+            if made is not None:
+                from labtool import runtime
 
-            runtime.remove(made.dir)
+                runtime.remove(made.dir)
+        if made is not None:
             self.say(f"Removing intermediate container {short(made.id)}")
 
     def intermediate(self, stage, created_by):
