@@ -241,6 +241,9 @@ WORKDIR /work
 WORKDIR sub
 USER nobody
 RUN id -u > /tmp/uid; pwd > /tmp/pwd
+SHELL ["/bin/echo", "the shell form went to"]
+RUN these words
+COPY --from=busybox --chmod=700 /etc/group /copied-from-an-image
 SHELL ["/bin/sh", "-e", "-c"]
 VOLUME /data /other
 VOLUME ["/logs"]
@@ -250,8 +253,10 @@ MAINTAINER someone
     tag = images("lt-meta")
     p = build(context(tmp_path, {"Dockerfile": df}), "-t", tag)
     assert p.returncode == 0, p.stderr
+    assert "\nthe shell form went to these words\n" in p.stdout         # SHELL: what runs a shell-form RUN
     assert labtool("run", "--rm", tag, "sh", "-c", "cat /tmp/uid /tmp/pwd; id -u; pwd").stdout == \
         "65534\n/work/sub\n65534\n/work/sub\n"
+    assert labtool("run", "--rm", "-u", "0", tag, "stat", "-c", "%a %s", "/copied-from-an-image").stdout.startswith("700 ")
     info = json.loads(labtool("inspect", tag).stdout)[0]
     assert info["Config"]["User"] == "nobody" and info["Config"]["Shell"] == ["/bin/sh", "-e", "-c"]
     assert set(info["Config"]["Volumes"]) == {"/data", "/other", "/logs"}
