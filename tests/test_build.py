@@ -296,7 +296,8 @@ def test_a_failed_run_stops_the_build_and_the_last_good_image_runs(tmp_path, ima
     ("# only a comment\n", "Dockerfile:1: the Dockerfile has no instructions"),
     ("FROM busybox\nHEALTHCHECK CMD true\n", "Dockerfile:2: labtool runs no health checks: HEALTHCHECK is not supported"),
     ("FROM busybox\nONBUILD RUN true\n", "Dockerfile:2: ONBUILD"),
-    ("FROM busybox\nADD http://127.0.0.1:9/x /x\n", "Dockerfile:2: ADD http://127.0.0.1:9/x: labtool does not download"),
+    ("FROM busybox\nADD http://127.0.0.1:9/x /x\n", "Dockerfile:2: ADD http://127.0.0.1:9/x: cannot download it"),
+    ("FROM busybox\nCOPY http://127.0.0.1:9/x /x\n", "Dockerfile:2: COPY cannot fetch a URL"),
     ("FROM busybox\nCOPY nosuch /x\n", "Dockerfile:2: COPY failed: file not found in build context"),
     ("FROM busybox\nCOPY --frm=x a /b\n", "Dockerfile:2: COPY --frm: unknown flag"),
     ("FROM busybox\nEXPOSE http\n", "Dockerfile:2: EXPOSE: invalid port 'http'"),
@@ -317,3 +318,30 @@ def test_bad_build_flags(tmp_path):
     assert "not found" in one_line_error(labtool("build", str(tmp_path / "nosuch")))
     p = build(top, "-q")
     assert p.returncode == 0 and re.fullmatch(r"sha256:[0-9a-f]{64}\n", p.stdout)
+
+
+def test_add_downloads_a_url(tmp_path, images):
+    """ADD of an http URL (a server on 127.0.0.1 here): the file as it is, mode 0600, not unpacked."""
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "page.txt").write_text("from the web\n")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        tag = images("lt-add-url")
+        p = build(context(tmp_path, {"Dockerfile": f"FROM busybox\nADD {url}/page.txt /downloads/\n"}), "-t", tag)
+        assert p.returncode == 0, p.stderr
+        out = labtool("run", "--rm", tag, "sh", "-c", "stat -c %a /downloads/page.txt; cat /downloads/page.txt")
+        assert out.stdout == "600\nfrom the web\n"
+        missing = build(context(tmp_path, {"Dockerfile": f"FROM busybox\nADD {url}/nosuch /x\n"}, "c2"))
+        assert "ADD " + url + "/nosuch: the server answered 404" in one_line_error(missing)
+    finally:
+        server.shutdown()
+        server.server_close()

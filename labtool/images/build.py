@@ -336,16 +336,24 @@ class Builder:
             raise LabtoolError(f"{ins.keyword} requires at least two arguments: {ins.keyword} SOURCE... DEST")
         *sources, dest = parts
         tree, where = self.source_tree(stage, ins)
-        for source in sources:
-            if "://" in source:
-                if ins.keyword == "COPY":
-                    raise LabtoolError(f"COPY cannot fetch a URL ({source}): use ADD, or download it into the context")
-                raise LabtoolError(f"ADD {source}: labtool does not download URLs (this lab runs offline); "
-                                   "put the file in the build context and COPY it")
+        urls = [source for source in sources if "://" in source]
+        if urls and ins.keyword == "COPY":
+            raise LabtoolError(f"COPY cannot fetch a URL ({urls[0]}): use ADD, or download it into the context")
+        if urls:
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="labtool-add-") as downloads:
+                return self.add_step(stage, ins, sources, dest, tree, where, _download(urls, downloads))
+        return self.add_step(stage, ins, sources, dest, tree, where, {})
+
+    def add_step(self, stage, ins, sources, dest, tree, where, downloaded):
+        """The files of a COPY or ADD into a new layer (``downloaded``: URL -> a local copy)."""
         workdir = self.config(stage).get("config", {}).get("WorkingDir") or "/"
         target = os.path.normpath(os.path.join(workdir, dest))
-        matched = []
+        matched = [source for source in sources if source in downloaded]
         for source in sources:
+            if source in downloaded:
+                continue
             rel = os.path.normpath(source.lstrip("/"))
             if rel == ".." or rel.startswith("../"):
                 raise LabtoolError(f"{ins.keyword} failed: forbidden path outside the build context: {source}")
@@ -361,8 +369,11 @@ class Builder:
                                "the destination must be a directory and end with a /")
         entries = []                              # (path in the image, host path, tar member or None)
         for rel in matched:
-            host = tree.lookup(rel)
-            if _is_dir(host):
+            host = downloaded.get(rel) or tree.lookup(rel)
+            if rel in downloaded:                 # a URL: saved as a file, never unpacked (as in Docker)
+                name = os.path.basename(rel.split("?")[0].rstrip("/")) or "index.html"
+                entries.append((os.path.join(target, name) if into_dir else target, host, None))
+            elif _is_dir(host):
                 entries.append((target, host, None))
                 entries += [(os.path.join(target, os.path.relpath(inside, rel or ".")), tree.lookup(inside), None)
                             for inside in ctx.walk(tree, rel)]
@@ -372,7 +383,7 @@ class Builder:
                 entries.append((os.path.join(target, os.path.basename(rel)) if into_dir else target, host, None))
         chown = self.owner(stage, ins.flags.get("chown"))
         chmod = int(ins.flags["chmod"], 8) if ins.flags.get("chmod") else None
-        kind = "dir" if len(matched) == 1 and _is_dir(tree.lookup(matched[0])) else \
+        kind = "dir" if len(matched) == 1 and matched[0] not in downloaded and _is_dir(tree.lookup(matched[0])) else \
             "file" if len(matched) == 1 else "multi"
         digest = _content_hash(entries, chown, chmod)
         flags = "".join(f"--{k}={v} " for k, v in sorted(ins.flags.items()))
@@ -602,6 +613,32 @@ def _tar_entries(archive, target):
                 member.linkname = os.path.join(target, member.linkname).lstrip("/")
             data = tar.extractfile(member).read() if member.isreg() else None
             found.append((os.path.normpath(os.path.join(target, name)), None, {"info": member, "data": data}))
+    return found
+
+
+def _download(urls, directory):
+    """ADD http(s)://...: fetch each URL into ``directory``; return {url: local file}. The files
+    get mode 0600, as Docker gives them. A machine without internet fails here, in one line."""
+    import urllib.error
+    import urllib.request
+
+    found = {}
+    for i, url in enumerate(urls):
+        if not url.startswith(("http://", "https://")):
+            raise LabtoolError(f"ADD {url}: only http:// and https:// URLs can be downloaded")
+        path = os.path.join(directory, str(i))
+        try:
+            with urllib.request.urlopen(url, timeout=30) as response, open(path, "wb") as f:
+                while chunk := response.read(1 << 16):
+                    f.write(chunk)
+        except urllib.error.HTTPError as e:
+            raise LabtoolError(f"ADD {url}: the server answered {e.code} {e.reason}") from None
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise LabtoolError(f"ADD {url}: cannot download it ({reason}); without internet, put the file "
+                               "in the build context and COPY it") from None
+        os.chmod(path, 0o600)
+        found[url] = path
     return found
 
 
