@@ -213,3 +213,17 @@ def test_bad_image_commands_are_one_line(small):
     assert "No such image" in one_line_error(labtool("tag", "nosuch", "x"))
     assert "usage: labtool image history IMAGE" in one_line_error(labtool("image", "history"))
     assert one_line_error(labtool("save", "-o", "/nonexistent/dir/x.tar", small))
+
+
+def test_no_garbage_collection_while_a_build_writes(small):
+    """A build writes its blobs and layers before index.json names them: an rmi meanwhile
+    must not take them for garbage. It skips collecting; a later one collects."""
+    from labtool.images import store
+
+    layers = json.loads(labtool("image", "inspect", small).stdout)[0]["RootFS"]["Layers"]
+    top = layers[-1].split(":")[1]
+    with store.writing():                                  # as `labtool build` holds it
+        assert labtool("rmi", small).returncode == 0
+        assert top in os.listdir(LAYERS())                # untouched: someone is writing
+    p = labtool("image", "prune", "-f")
+    assert p.returncode == 0 and top not in os.listdir(LAYERS())

@@ -66,7 +66,7 @@ def load(path):
         raise LabtoolError(f"load: cannot read {path}: {e.strerror}") from None
     except tarfile.TarError:
         raise LabtoolError(f"load: {path} is not a tar archive") from None
-    with tar:
+    with tar, store.writing():
         def blob(digest):
             try:
                 data = tar.extractfile("blobs/sha256/" + digest.split(":", 1)[1]).read()

@@ -81,7 +81,8 @@ class Options:
 
 def build(options):
     """Build; return the final ``store.Image``. Prints Docker's classic output unless quiet."""
-    return Builder(options).run()
+    with store.writing():                 # no garbage collection meanwhile (see store.collect_garbage)
+        return Builder(options).run()
 
 
 class Builder:

@@ -16,6 +16,7 @@ An image is: a manifest (which config, which layers) + a config (env, cmd, histo
 tarfile, are imported where they are used, to keep container start-up fast.)
 """
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -182,11 +183,44 @@ def delete(image):
     _edit_index(lambda manifests: [m for m in manifests if m["digest"] != image.manifest])
 
 
+@contextlib.contextmanager
+def writing():
+    """Held (shared) while something writes blobs and layers before its image is in index.json
+    (a build, a load): the garbage collector, which needs it alone, leaves the store alone."""
+    import fcntl
+
+    os.makedirs(paths.images_dir(), exist_ok=True)
+    fd = os.open(os.path.join(paths.images_dir(), ".writers"), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
 def collect_garbage(in_use_manifests=()):
     """Delete the blobs and unpacked layers that no image of index.json, and no manifest in
-    ``in_use_manifests`` (those of containers), refers to. Returns the bytes freed."""
+    ``in_use_manifests`` (those of containers), refers to. Returns the bytes freed.
+
+    Not while a build or a load writes (see ``writing``): then nothing is deleted this time,
+    the next ``rmi`` or ``image prune`` collects it."""
+    import fcntl
     import shutil
 
+    os.makedirs(paths.images_dir(), exist_ok=True)
+    writers = os.open(os.path.join(paths.images_dir(), ".writers"), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(writers, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(writers)
+        return 0
+    try:
+        return _collect(in_use_manifests, shutil)
+    finally:
+        os.close(writers)
+
+
+def _collect(in_use_manifests, shutil):
     keep_blobs, keep_layers = set(), set()
     with paths.locked(os.path.join(paths.images_dir(), ".lock")):
         for manifest in [m["digest"] for m in _read_index()["manifests"]] + list(in_use_manifests):
