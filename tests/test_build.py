@@ -345,3 +345,21 @@ def test_add_downloads_a_url(tmp_path, images):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_stopsignal_is_what_stop_sends(tmp_path, images, names):
+    df = """FROM busybox
+STOPSIGNAL SIGUSR1
+CMD ["sh", "-c", "trap 'echo got USR1; exit 3' USR1; echo ready; while true; do sleep 0.1; done"]
+"""
+    tag = images("lt-stopsignal")
+    assert build(context(tmp_path, {"Dockerfile": df}), "-t", tag).returncode == 0
+    name = names("stopsig")
+    assert labtool("run", "-d", "--name", name, tag).returncode == 0
+    import time
+    deadline = time.time() + 5
+    while "ready" not in labtool("logs", name).stdout and time.time() < deadline:
+        time.sleep(0.05)
+    assert labtool("stop", "-t", "5", name).returncode == 0
+    assert labtool("logs", name).stdout == "ready\ngot USR1\n"
+    assert labtool("wait", name).stdout == "3\n"
