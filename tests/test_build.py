@@ -363,3 +363,16 @@ CMD ["sh", "-c", "trap 'echo got USR1; exit 3' USR1; echo ready; while true; do 
     assert labtool("stop", "-t", "5", name).returncode == 0
     assert labtool("logs", name).stdout == "ready\ngot USR1\n"
     assert labtool("wait", name).stdout == "3\n"
+
+
+def test_dockerignore_patterns(tmp_path):
+    """Go's filepath.Match plus ``**``, a directory takes its contents, the last match decides."""
+    from labtool.images.context import Context
+
+    (tmp_path / ".dockerignore").write_text("# comment\n**/*.tmp\nbuild/\n*.log\n!keep.log\n/secret?\n")
+    c = Context(str(tmp_path))
+    assert c.ignored("a.tmp") and c.ignored("x/y/z.tmp")
+    assert c.ignored("build") and c.ignored("build/out/bin")
+    assert c.ignored("debug.log") and not c.ignored("keep.log") and not c.ignored("sub/debug.log")
+    assert c.ignored("secret1") and not c.ignored("secret12")
+    assert not c.ignored("Dockerfile") and not c.ignored("src/main.c")
