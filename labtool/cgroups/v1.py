@@ -100,7 +100,8 @@ class Cgroup:
             _inherit_cpuset(self.dirs["cpuset"])
 
     def apply(self, res, rules):
-        """Write the container's limits (``res``: spec.Resources) and device rules."""
+        """Write the container's limits (``res``: spec.Resources) and device rules (None:
+        allow every device, for --privileged)."""
         if res.memory:
             write(self.path("memory", "memory.limit_in_bytes"), res.memory,
                   "--memory: above this the kernel reclaims, then OOM-kills")
@@ -120,7 +121,9 @@ class Cgroup:
             write(self.path("cpuset", "cpuset.cpus"), res.cpuset_cpus, "--cpuset-cpus: only these CPUs")
         if res.pids_limit and res.pids_limit > 0:
             write(self.path("pids", "pids.max"), res.pids_limit, "--pids-limit: fork fails beyond this")
-        if "devices" in self.dirs:
+        if "devices" in self.dirs and rules is None:       # --privileged (step 07): no rules
+            write(self.path("devices", "devices.allow"), "a", "--privileged: every device, any access")
+        elif "devices" in self.dirs:
             for rule in rules:
                 name = "devices.allow" if rule.allow else "devices.deny"
                 write(self.path("devices", name), rule.v1_line(),
