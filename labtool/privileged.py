@@ -35,8 +35,10 @@ smaller grant is nearly always better.
 Man pages: man 7 capabilities, man 4 loop, man 7 cgroups (devices), man 5 proc, man 5 sysfs.
 """
 
+import contextlib
 import os
 import stat
+import subprocess
 from dataclasses import dataclass
 
 from labtool import explain
@@ -197,3 +199,134 @@ def prepare(c):
     kept = [k for k in ("pid", "uts", "mnt", "ipc", "net") if k in c.namespaces]
     explain.say("privileged", f"kept: namespaces {', '.join(kept) or 'none'}",
                 "--privileged leaves them; --net host, --pid host ... take them away one by one")
+
+
+# --- probes: what a process inside can see and do (notebook 07, its checks, the tests) ------
+
+def host_disk():
+    """The name of the disk that holds the host's root filesystem ("vda", "sda", "nvme0n1"),
+    found from / in /proc/self/mountinfo through /sys/dev/block; else the first disk in
+    /sys/block that is not a loop, ram or zram device; "" if there is none."""
+    with open("/proc/self/mountinfo") as f:
+        numbers = [line.split()[2] for line in f if line.split()[4] == "/"]
+    for number in numbers[-1:]:
+        path = os.path.realpath(f"/sys/dev/block/{number}")
+        if os.path.exists(os.path.join(path, "partition")):
+            path = os.path.dirname(path)          # a partition (vda1): its disk (vda)
+        if os.path.isdir(path) and "/block/" in path:
+            return os.path.basename(path)
+    disks = sorted(d for d in os.listdir("/sys/block") if not d.startswith(("loop", "ram", "zram")))
+    return disks[0] if disks else ""
+
+
+@dataclass(frozen=True)
+class Probe:
+    key: str             # a short name: the check functions and the tests use it
+    row: str             # the row of the notebook's table
+    command: str         # busybox sh; prints the answer; changes nothing outside the container
+    step: str            # the step whose protection it shows
+
+
+def _yes_no(command):
+    return f"if ( {command} ) >/dev/null 2>&1; then echo yes; else echo no; fi"
+
+
+# Every command below only looks, or acts inside the container's own namespaces: a node is
+# made in the container's /tmp, a file opened for appending is never written to (an empty
+# append changes nothing, even in /sys and /proc/sys), the tmpfs is mounted in its own
+# mount namespace. ``$DISK`` and ``$HOST_NET`` come from the host (see ``probe``).
+PROBES = [
+    Probe("caps", "capabilities (CapEff)", "sed -n 's/^CapEff:[[:space:]]*//p' /proc/self/status", "06"),
+    Probe("loop_control", "/dev/loop-control there", _yes_no("[ -c /dev/loop-control ]"), "01"),
+    Probe("disk_node", "the host's disk node there (/dev/$DISK)", _yes_no('[ -b "/dev/$DISK" ]'), "01"),
+    Probe("open_device", "open a device node it made (mknod c 10 237)",
+          _yes_no("mknod /tmp/lc c 10 237 && : < /tmp/lc"), "03"),
+    Probe("sys_writable", "/sys writable", _yes_no(": >> /sys/class/net/lo/mtu"), "01"),
+    Probe("masked", "/proc/keys, /proc/kcore, /proc/timer_list ...",
+          "if grep -qE ' /proc/(keys|kcore|timer_list) ' /proc/self/mountinfo; then echo masked; "
+          "else echo visible; fi", "06"),
+    Probe("proc_sys_writable", "/proc/sys writable", _yes_no(": >> /proc/sys/kernel/domainname"), "06"),
+    Probe("mount", "can mount (a tmpfs)", _yes_no("mkdir -p /tmp/m && mount -t tmpfs lab /tmp/m"), "06"),
+    Probe("host_processes", "sees the host's processes", _yes_no('[ "$(cat /proc/1/comm)" != sh ]'), "02"),
+    Probe("host_links", "sees the host's network links",
+          _yes_no("tail -n +3 /proc/net/dev | cut -d: -f1 | grep -qv '^ *lo$'"), "05"),
+    Probe("netns", "network namespace",
+          'if [ "$(readlink /proc/self/ns/net)" = "$HOST_NET" ]; then echo "host\'s"; else echo own; fi', "02"),
+]
+
+# The notebook's four columns
+MODES = [
+    ("default", []),
+    ("--cap-add SYS_ADMIN", ["--cap-add", "SYS_ADMIN"]),
+    ("--privileged", ["--privileged"]),
+    ("--privileged --net host --pid host", ["--privileged", "--net", "host", "--pid", "host"]),
+]
+
+
+def probe_script(probes=PROBES):
+    """One shell script that answers every probe, a line "KEY ANSWER" each."""
+    lines = ["cd /tmp || exit 3"]
+    for p in probes:
+        lines.append(f"echo \"{p.key} $({p.command})\"")
+    return "\n".join(lines)
+
+
+def probe(*flags, probes=PROBES):
+    """Run every probe in one container made with ``labtool run FLAGS``; return
+    {key: answer}. Raises RuntimeError with labtool's message if it could not run."""
+    from labtool import notebook
+
+    env = ["-e", f"DISK={host_disk()}", "-e", f"HOST_NET={os.readlink('/proc/self/ns/net')}"]
+    r = notebook.labtool("run", "--rm", *env, *flags, "busybox", "sh", "-c", probe_script(probes), quiet=True)
+    if r.code != 0:
+        raise RuntimeError((r.err.strip().splitlines() or [f"exit code {r.code}"])[-1])
+    return dict(line.partition(" ")[::2] for line in r.out.splitlines())
+
+
+def table(modes=MODES, probes=PROBES):
+    """{mode name: {key: answer}} for every mode: the notebook's table, from live probes."""
+    return {name: probe(*flags, probes=probes) for name, flags in modes}
+
+
+# --- a disk to break, for the "God mode" demonstration ---------------------------------------
+
+@contextlib.contextmanager
+def scratch_disk(path, size_mib=8):
+    """A block device made from a scratch file: ``with scratch_disk(PATH) as dev: ...``.
+
+    The file (``size_mib`` MiB of zeros, sparse) is attached to a free loop device (man 4
+    loop, man 8 losetup: the kernel then serves the file as /dev/loopN, a disk like any
+    other). On the way out, *whatever happened inside*, the loop device is detached and the
+    file removed. A loop device is one of the host's devices: a privileged container
+    started while it is attached has its node, as it would have /dev/vda.
+    """
+    with open(path, "xb") as f:                 # "x": never overwrite a file someone has
+        f.truncate(size_mib << 20)
+    device = ""
+    try:
+        r = subprocess.run(["losetup", "--find", "--show", path], capture_output=True, text=True, timeout=30)
+        if r.returncode != 0:
+            raise RuntimeError(f"losetup could not attach {path}: {r.stderr.strip()}")
+        device = r.stdout.strip()
+        yield device
+    finally:
+        if device:
+            # still mounted somewhere (a container that died half-way)? losetup -d then only
+            # marks it "autoclear": the kernel detaches it when the last user lets go
+            subprocess.run(["losetup", "--detach", device], capture_output=True, timeout=30)
+        os.unlink(path)
+
+
+def attached(path):
+    """The loop devices that serve ``path`` now, even if the file is already deleted:
+    from /sys/block/loopN/loop/backing_file, which ``losetup -a`` reads too."""
+    found = []
+    for name in sorted(os.listdir("/sys/block")):
+        try:
+            with open(f"/sys/block/{name}/loop/backing_file") as f:
+                backing = f.read().strip().removesuffix(" (deleted)")
+        except OSError:
+            continue
+        if backing == os.path.abspath(path):
+            found.append(f"/dev/{name}")
+    return found
