@@ -238,7 +238,7 @@ def _yes_no(command):
 PROBES = [
     Probe("caps", "capabilities (CapEff)", "sed -n 's/^CapEff:[[:space:]]*//p' /proc/self/status", "06"),
     Probe("loop_control", "/dev/loop-control there", _yes_no("[ -c /dev/loop-control ]"), "01"),
-    Probe("disk_node", "the host's disk node there (/dev/$DISK)", _yes_no('[ -b "/dev/$DISK" ]'), "01"),
+    Probe("disk_node", "the host's root disk's node there", _yes_no('[ -b "/dev/$DISK" ]'), "01"),
     Probe("open_device", "open a device node it made (mknod c 10 237)",
           _yes_no("mknod /tmp/lc c 10 237 && : < /tmp/lc"), "03"),
     Probe("sys_writable", "/sys writable", _yes_no(": >> /sys/class/net/lo/mtu"), "01"),
