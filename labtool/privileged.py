@@ -75,7 +75,7 @@ PROTECTIONS = [
     Protection("read-only paths", "06-capabilities", "/proc/sys, /proc/sysrq-trigger, /proc/irq, /proc/bus read-only",
                "one write there changes the host kernel's settings or crashes it",
                "all writable"),
-    Protection("seccomp, AppArmor", "(none in labtool)", "Docker: a seccomp filter of ~44 blocked system calls",
+    Protection("seccomp, AppArmor", "none in labtool", "Docker: a seccomp filter of ~44 blocked system calls",
                "system calls that namespaces do not cover (keyctl, kexec_load, open_by_handle_at, ...)",
                "Docker runs the container unconfined; labtool has no filter to switch off"),
 ]
