@@ -416,7 +416,8 @@ def in_child(c):
     just before execve: the runtime calls ``drop_privileges`` (and so does --init's PID 1,
     and every ``labtool exec``)."""
     if c.privileged:
-        explain.say("privileged", "no masked and no read-only paths", "--privileged: /proc and /sys as the host has them")
+        explain.say("privileged", "no masked and no read-only paths",
+                    "--privileged: /proc and /sys as the host has them")
         return
     mask_paths()
     make_paths_read_only()

@@ -1360,7 +1360,8 @@ def least_privilege(flags):
                              f"{task} && sed -n 's/^CapEff:[[:space:]]*//p' /proc/self/status", quiet=True, timeout=30)
         if r.code != 0:
             _fail(f"with {' '.join(given)} the task fails: {_last_error(r)}",
-                  "mke2fs needs the node (--device DISK), mount needs CAP_SYS_ADMIN; try it in a cell and read the error")
+                  "mke2fs needs the node (--device DISK), mount needs CAP_SYS_ADMIN; "
+                  "try it in a cell and read the error")
     extra = set(capabilities.names_of(int(r.out.split()[-1], 16))) - set(
         capabilities.names_of(capabilities.mask_of(capabilities.DOCKER_DEFAULT + ["SYS_ADMIN"])))
     if extra:

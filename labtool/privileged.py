@@ -147,8 +147,9 @@ def copy_host_devices(dev_dir, already):
     """mknod a copy of each host device node in the container's /dev (a tmpfs at ``dev_dir``).
 
     Why copies, and not a devtmpfs (the kernel's own filesystem that fills the host's /dev):
-    devtmpfs has one instance for the whole machine. Mounted in a container it is the host's
-    /dev itself, so ``rm /dev/vda`` or a mknod inside would change the host's /dev for every
+    devtmpfs has one instance for the whole machine (measured: mounted again in a new mount
+    namespace, its ``null`` has the device and inode numbers of the host's /dev/null). Mounted
+    in a container it is the host's /dev itself, so ``rm /dev/vda`` or a mknod inside would change the host's /dev for every
     process. Copies are the container's own nodes in its own tmpfs: the same devices, and
     removing one removes it from the container only. The price, the same as Docker's: a
     device that appears later (a USB stick plugged in, a loop device made by

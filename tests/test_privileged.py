@@ -115,7 +115,8 @@ def test_device_cgroup_allows_all(run, names):
 # --- namespaces stay unless asked ------------------------------------------------------------
 
 def _namespaces_inside(run, *flags):
-    out = shell(run, *flags, script="for k in " + " ".join(NS_KINDS) + "; do echo $k $(readlink /proc/self/ns/$k); done")
+    script = "for k in " + " ".join(NS_KINDS) + "; do echo $k $(readlink /proc/self/ns/$k); done"
+    out = shell(run, *flags, script=script)
     return dict(line.split() for line in out.splitlines())
 
 
