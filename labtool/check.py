@@ -1406,3 +1406,105 @@ def small_image(dockerfile):
               "rm in a later RUN only hides it; make and remove it in one RUN (&&), or build in a stage "
               "of its own and COPY --from it only /report.txt")
     _ok(f"/report.txt is right and the image is only {extra} bytes bigger than busybox: small, correct")
+
+# --- 07-privileged ---------------------------------------------------------------------
+
+# (flags, privileged?, a hint for an answer that gets this case wrong)
+PRIVILEGE_CASES = [
+    ([], False, "a default container: Docker's 14 capabilities, a small /dev, masked paths"),
+    (["--cap-add", "ALL"], False, "--cap-add ALL gives the very same CapEff as --privileged: capabilities alone "
+                                  "cannot tell. Which protections of --privileged are not capabilities?"),
+    (["--cap-add", "SYS_ADMIN"], False, "SYS_ADMIN lets it mount, but /sys and /proc are as in any container"),
+    (["--device", "/dev/loop-control"], False, "--device gives one host device (and its cgroup rule) by name: "
+                                               "a node in /dev alone does not make a container privileged"),
+    (["--privileged"], True, "--privileged: look at the mounts of /sys and of the masked paths"),
+    (["--privileged", "--cap-drop", "ALL"], True, "Docker ignores --cap-drop with --privileged: still privileged"),
+    (["--privileged", "--net", "host", "--pid", "host"], True, "--privileged with the host's network and PIDs"),
+]
+
+
+def _flags_text(flags):
+    return " ".join(flags) or "(no flags)"
+
+
+def _inside_files(flags):
+    """/proc/self/status and /proc/self/mountinfo of a shell in a container made with ``flags``."""
+    r = notebook.labtool("run", "--rm", *flags, "busybox", "sh", "-c",
+                         "cat /proc/self/status; echo =====; cat /proc/self/mountinfo", quiet=True, timeout=30)
+    if r.code != 0:
+        raise RuntimeError(f"the check could not run its container ({_flags_text(flags)}): {_last_error(r)}")
+    status, _, mountinfo = r.out.partition("=====\n")
+    return status, mountinfo
+
+
+def privileged_from_files(func):
+    """Exercise "judge from /proc": ``func(status, mountinfo)`` gets the text of /proc/self/status and
+    /proc/self/mountinfo as a process inside a container reads them, and says whether the container
+    is privileged. The check reads both files in seven real containers."""
+    if not callable(func):
+        _fail(f"{func!r} is not a function", "define it with def is_privileged(status, mountinfo): ...")
+    for flags, truth, hint in PRIVILEGE_CASES:
+        status, mountinfo = _inside_files(flags)
+        try:
+            answer = func(status, mountinfo)
+        except Exception as e:
+            _fail(f"with {_flags_text(flags)} your function raised {type(e).__name__}: {e}",
+                  "status has lines like 'CapEff:\\t000001fffeffffff'; mountinfo one mount per line, "
+                  "the mount point in the 5th field and its options in the 6th")
+        if not isinstance(answer, bool):
+            _fail(f"with {_flags_text(flags)} your function returned {answer!r}", "return True or False")
+        if answer != truth:
+            _fail(f"{_flags_text(flags)}: you say {'privileged' if answer else 'not privileged'}, "
+                  f"it is {'privileged' if truth else 'not privileged'}", hint)
+    _ok(f"Your function tells the {sum(t for _, t, _ in PRIVILEGE_CASES)} privileged containers from the "
+        f"{sum(not t for _, t, _ in PRIVILEGE_CASES)} others, --cap-add ALL and --device included: correct")
+
+
+def privileged_test(command):
+    """Exercise "a test inside": ``command``, a busybox shell command run inside the container, exits 0
+    in a privileged container and non-zero in any other."""
+    if not isinstance(command, str) or not command.strip():
+        _fail(f"{command!r} is not a shell command", "a string, like \"grep -q something /proc/self/status\"")
+    for flags, truth, hint in PRIVILEGE_CASES:
+        r = notebook.labtool("run", "--rm", *flags, "busybox", "sh", "-c", command, quiet=True, timeout=30)
+        if r.code == 125 and r.err.startswith("labtool:"):
+            raise RuntimeError(f"the check could not run its container ({_flags_text(flags)}): {_last_error(r)}")
+        if (r.code == 0) != truth:
+            _fail(f"{_flags_text(flags)}: your command exits {r.code}, so it says "
+                  f"{'privileged' if r.code == 0 else 'not privileged'}; it is "
+                  f"{'privileged' if truth else 'not privileged'}", hint)
+    _ok(f"Your command, run inside, knows whether its container is privileged in all {len(PRIVILEGE_CASES)} "
+        "cases: correct")
+
+
+GOD_MODE_TASK = "mke2fs {disk} >/dev/null 2>&1 && mkdir -p /mnt/d && mount {disk} /mnt/d && " \
+                "echo written > /mnt/d/proof && umount /mnt/d"
+
+
+def least_privilege(flags):
+    """Exercise "less than --privileged": with ``flags`` (no --privileged; the word DISK stands for the
+    scratch disk's /dev/loopN) a container formats and mounts a scratch disk (GOD_MODE_TASK), and holds
+    no capability beyond Docker's 14 and the ones the task needs."""
+    from labtool import privileged
+
+    words = _flags(flags, "--cap-add SYS_ADMIN --device DISK")
+    if "--privileged" in words:
+        _fail("your flags say --privileged", "the point is to do without it: which capability does mount need, "
+                                             "and how does a container get one host device?")
+    scratch = os.path.join(os.environ.get("LABTOOL_ROOT", "/tmp"), f"least-privilege-{os.getpid()}.img")
+    with privileged.scratch_disk(scratch) as disk:
+        given = [disk if w == "DISK" else w for w in words]
+        task = GOD_MODE_TASK.format(disk=disk)
+        r = notebook.labtool("run", "--rm", *given, "busybox", "sh", "-c",
+                             f"{task} && sed -n 's/^CapEff:[[:space:]]*//p' /proc/self/status", quiet=True, timeout=30)
+        if r.code != 0:
+            _fail(f"with {' '.join(given)} the task fails: {_last_error(r)}",
+                  "mke2fs needs the node (--device DISK), mount needs CAP_SYS_ADMIN; "
+                  "try it in a cell and read the error")
+    extra = set(capabilities.names_of(int(r.out.split()[-1], 16))) - set(
+        capabilities.names_of(capabilities.mask_of(capabilities.DOCKER_DEFAULT + ["SYS_ADMIN"])))
+    if extra:
+        shown = ", ".join(sorted(extra)[:4]) + (f" ... {len(extra)} in all" if len(extra) > 4 else "")
+        _fail(f"it works, with more than it needs: {shown}", "add the one capability mount needs, not ALL")
+    _ok(f"{' '.join(words)}: one capability and one device, not every capability and every host device: "
+        "least privilege, correct")

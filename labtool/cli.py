@@ -4,7 +4,7 @@
                 [--userns] [--user U] [--init] [-e K=V] [-w DIR] [--name NAME]
                 [--memory B] [--memory-swap B] [--cpu-shares N] [--cpus N] [--cpuset-cpus L]
                 [--pids-limit N] [--device D] [--cap-add CAP] [--cap-drop CAP]
-                [--security-opt no-new-privileges] IMAGE [CMD...]
+                [--security-opt no-new-privileges] [--privileged] IMAGE [CMD...]
     labtool exec [-e K=V] [-w DIR] [-u USER] CONTAINER CMD...
     labtool images [-a]  labtool pull IMAGE     labtool push IMAGE
     labtool build [-t NAME] [-f FILE] [--build-arg K=V] [--target STAGE] [--no-cache] [-q] CONTEXT
@@ -87,7 +87,7 @@ def _container_flags(run):
     run.add_argument("--rm", action="store_true", help="remove the container when it exits")
     _storage_flags(run)
     run.add_argument("--upto", default="full", metavar="STEP",
-                     help="only the steps up to STEP: chroot, namespaces, ..., full (the default)")
+                     help="only the steps up to STEP: chroot, namespaces, ..., privileged, full (the default)")
     run.add_argument("--explain", action="store_true", help="narrate every kernel action on stderr")
     run.add_argument("--hostname", "-h", default="", help="the container's hostname (needs a UTS namespace)")
     run.add_argument("--name", default="", help="a name for the container")
@@ -116,11 +116,13 @@ def _container_flags(run):
     limits.add_argument("--pids-limit", type=int, default=0, metavar="N", help="at most N processes (-1: unlimited)")
     limits.add_argument("--device", action="append", default=[], metavar="HOST[:CONTAINER][:rwm]",
                         help="give the container a host device")
-    caps = run.add_argument_group("capabilities (step 06)")
+    caps = run.add_argument_group("capabilities (step 06) and full privileges (step 07)")
     caps.add_argument("--cap-add", action="append", default=[], metavar="CAP",
                       help="give root in the container this capability (NET_ADMIN, CAP_SYS_TIME, ALL)")
     caps.add_argument("--cap-drop", action="append", default=[], metavar="CAP",
                       help="take this capability away (CHOWN, NET_RAW, ALL)")
+    caps.add_argument("--privileged", action="store_true",
+                      help="every capability, every host device, no masked paths (step 07)")
     caps.add_argument("--security-opt", action="append", default=[], metavar="no-new-privileges",
                       help="no-new-privileges: set-user-ID programs and file capabilities raise nothing")
     run.add_argument("--entrypoint", default=None, metavar="CMD",
@@ -291,7 +293,8 @@ def _spec(a):
                          upto=a.upto, explain=a.explain, remove=a.rm, init=a.init,
                          namespaces=Namespaces(pid=a.pid, net=a.network, ipc=a.ipc, uts=a.uts,
                                                user="private" if a.userns else "host"),
-                         resources=_resources(a), tty=a.tty, interactive=a.interactive, restart=a.restart)
+                         resources=_resources(a), tty=a.tty, interactive=a.interactive, restart=a.restart,
+                         privileged=a.privileged)
     if a.entrypoint is not None:       # one program, as in Docker ("" clears the image's)
         spec.entrypoint = [a.entrypoint] if a.entrypoint else []
     spec.mounts = [mounts.parse_volume(v) for v in a.volume] + [mounts.parse_tmpfs(t) for t in a.tmpfs]

@@ -29,7 +29,8 @@ import termios
 import time
 from dataclasses import asdict, dataclass, field
 
-from labtool import capabilities, cgroups, explain, images, init, mounts, namespaces, overlay, paths, process, rootfs
+from labtool import (capabilities, cgroups, explain, images, init, mounts, namespaces, overlay, paths, privileged,
+                     process, rootfs)
 from labtool.cgroups import devices
 from labtool.engine import containers
 from labtool.errors import CommandNotExecutable, CommandNotFound, LabtoolError, UsageError
@@ -50,6 +51,7 @@ STEPS = [
     Step("cgroups", cgroups, "03-cgroups"),           # its share of memory, CPU, processes, devices
     Step("overlay", overlay, "04-overlay"),           # image layers shared, changes on top
     Step("capabilities", capabilities, "06-capabilities"),  # root's power, minus what a container need not do
+    Step("privileged", privileged, "07-privileged"),  # --privileged: the protections above switched off
 ]
 # Steps still to come, in the order their notebooks teach them.
 PLANNED = ["network"]
@@ -92,6 +94,7 @@ class Container:
     console_fd: int = -1              # -t: a unix socket on which the child sends its terminal
     console_size: tuple = (24, 80)    # -t: its rows and columns
     privileges: object = None         # step 06: a capabilities.Plan (None: root keeps everything)
+    privileged: bool = False          # step 07: --privileged; steps 01, 03 and 06 consult it
 
 
 def new_container(spec):
@@ -140,8 +143,10 @@ def build(spec):
         raise UsageError("volumes, bind mounts, --tmpfs and --read-only come with step 04: "
                          "use --upto overlay or later")
     mounts.check_spec(spec)
+    privileged.check(spec, names)
+    c.privileged = spec.privileged
     if "capabilities" in names:
-        c.privileges = capabilities.plan(spec.capabilities)
+        c.privileges = capabilities.plan(spec.capabilities, privileged=c.privileged)
     elif spec.capabilities != type(spec.capabilities)():
         raise UsageError(f"--cap-add, --cap-drop and --security-opt come with step 06 (capabilities): "
                          f"--upto {spec.upto} stops before it")
@@ -484,7 +489,8 @@ def exec_in(name, argv, env=(), cwd="", user="", explain_it=False, interactive=F
     steps = [s.name for s in active_steps(spec["upto"])]
     cgroup = cgroups.find(record.id) if "cgroups" in steps else None
     # the same capabilities as the container's command (docker exec without --privileged)
-    privileges = (capabilities.plan(spec_from_dict(spec).capabilities) if "capabilities" in steps else None)
+    privileges = (capabilities.plan(spec_from_dict(spec).capabilities, privileged=spec.get("privileged", False))
+                  if "capabilities" in steps else None)
     pid = namespaces.fork_into({} if same_pid_ns else {"pid": pid_ns})
     if pid == 0:
         try:

@@ -2,7 +2,7 @@
 
 The guard records what labtool could leave behind on the host before the whole run and
 compares after it: mounts, network links, network namespaces, cgroups, iptables rules,
-the hostname, and processes in other PID namespaces or running labtool. Any difference
+loop devices, the hostname, and processes in other PID namespaces or running labtool. Any difference
 fails the run, naming what was left.
 """
 
@@ -140,8 +140,24 @@ def _foreign_processes():
     return found
 
 
+def _loop_devices():
+    """Attached loop devices (man 4 loop) whose backing file is ours: notebook 07 and
+    test_privileged attach scratch files under the test root or pytest's temporary directory."""
+    found = []
+    for name in sorted(os.listdir("/sys/block")):
+        try:
+            with open(f"/sys/block/{name}/loop/backing_file") as f:
+                backing = f.read().strip()
+        except OSError:
+            continue                     # not a loop device, or nothing attached
+        if _is_ours(backing):
+            found.append(f"/dev/{name} {backing}")
+    return found
+
+
 def host_state():
     return {
+        "loop devices": _loop_devices(),
         "mounts": _mounts(),
         "links": sorted(os.listdir("/sys/class/net")),
         "netns": sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else [],

@@ -241,6 +241,7 @@ def inspect(record):
             "CapAdd": capabilities.get("add") or None,      # as given, like docker: null when none
             "CapDrop": capabilities.get("drop") or None,
             "SecurityOpt": ["no-new-privileges"] if capabilities.get("no_new_privileges") else None,
+            "Privileged": config.get("privileged", False),
         },
         "Mounts": record.mounts,
         "GraphDriver": _graph_driver(record.id),
