@@ -21,9 +21,11 @@ test: provision
 	$(PYTHON) -m pytest
 
 # Boots a small Debian 12 guest (kernel, python3, pytest, busybox, systemd: an image built once and
-# cached under /var/cache/labtool/test-vm) and runs tests/test_cgroups*.py and test_namespaces.py in
+# cached under /var/cache/labtool/test-vm) and runs tests/test_cgroups*.py, test_namespaces.py and the
+# device tests of test_privileged.py in
 # it, with a small script as PID 1 (labtool's cgroupfs driver); then boots it again with systemd as
-# PID 1, as on the Vagrant box, and runs tests/test_cgroups.py (labtool's systemd driver). Both run;
+# PID 1, as on the Vagrant box, and runs tests/test_cgroups.py and the privileged device cgroup test
+# (labtool's systemd driver). Both run;
 # the exit code is not 0 if either failed (the last failing guest pytest's). See vagrant/test-vm.sh.
 test-vm: test-tools
 	@rc=0; bash vagrant/test-vm.sh || rc=$$?; bash vagrant/test-vm.sh --systemd || rc=$$?; exit $$rc

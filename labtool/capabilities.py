@@ -274,10 +274,11 @@ def _notable_first(number):
     return (NOTABLE.index(name) if name in NOTABLE else len(NOTABLE), number)
 
 
-def plan(spec_caps, available=None):
+def plan(spec_caps, available=None, privileged=False):
     """The Plan for a spec's ``capabilities`` (spec.Capabilities), the way Docker decides
     (moby's ``caps.TweakCapabilities``):
 
+    - ``--privileged`` (step 07): every capability; --cap-add and --cap-drop do not matter;
     - neither flag: Docker's default set;
     - ``--cap-add ALL``: every capability except those in ``--cap-drop``;
     - ``--cap-drop ALL``: only those in ``--cap-add``;
@@ -295,7 +296,9 @@ def plan(spec_caps, available=None):
                          "so no container here can have it (grep CapBnd /proc/self/status)")
     named_adds = mask_of(n for n in adds if n != "ALL")
     named_drops = mask_of(n for n in drops if n != "ALL")
-    if "ALL" in adds:
+    if privileged:
+        wanted = all_capabilities()
+    elif "ALL" in adds:
         wanted = all_capabilities() & ~named_drops
     elif "ALL" in drops:
         wanted = named_adds
@@ -409,8 +412,13 @@ def make_paths_read_only(paths=READ_ONLY):
 
 def in_child(c):
     """In the child, after pivot_root, while it still holds CAP_SYS_ADMIN: masked and
-    read-only paths. The capabilities themselves go last, just before execve: the runtime
-    calls ``drop_privileges`` (and so does --init's PID 1, and every ``labtool exec``)."""
+    read-only paths (none for --privileged, step 07). The capabilities themselves go last,
+    just before execve: the runtime calls ``drop_privileges`` (and so does --init's PID 1,
+    and every ``labtool exec``)."""
+    if c.privileged:
+        explain.say("privileged", "no masked and no read-only paths",
+                    "--privileged: /proc and /sys as the host has them")
+        return
     mask_paths()
     make_paths_read_only()
 

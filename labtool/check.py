@@ -1386,3 +1386,245 @@ def smallest_caps(flags):
                     if len(names) > 4 else "take it out and try again")
             _fail(f"{name} is not needed: the task runs without it ({len(names)} capabilities given)", hint)
     _ok(f"The task needs {', '.join(names)}, each of them, and nothing more: the smallest set, correct")
+
+
+# --- 04b-images: the registry -------------------------------------------------------------
+
+def pushed(host, name):
+    """Exercise: push an image to the notebook's registry as ``name`` (``REPO:TAG``). The
+    registry is asked (GET /v2/REPO/manifests/TAG); its digest must be the one of the local
+    image of that name, as ``labtool push`` printed it."""
+    import urllib.error
+    import urllib.request
+
+    from labtool.images import reference, registry, store
+
+    ref = reference.parse(f"{host}/{name}")
+    req = urllib.request.Request(f"http://{host}/v2/{ref.repository}/manifests/{ref.wanted}",
+                                 headers={"Accept": registry.ACCEPT})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            digest = resp.headers.get("Docker-Content-Digest")
+    except urllib.error.HTTPError as e:
+        _fail(f"the registry at {host} has no {ref.repository}:{ref.wanted} (HTTP {e.code})",
+              f"give the image that name with `labtool tag busybox {ref.local}`, then `labtool push {ref.local}`")
+    except OSError as e:
+        _fail(f"the registry at {host} does not answer ({e})", "run the cell that starts the registry again")
+    local = store.find(ref.local)
+    if local is None:
+        _fail(f"the registry has {ref.repository}:{ref.wanted}, but there is no local image {ref.local}",
+              f"pull it back: labtool pull {ref.local}")
+    if digest not in (local.manifest, store.repo_digest(ref.local)):
+        _fail(f"the registry's {ref.repository}:{ref.wanted} is {digest[:19]}..., the local one "
+              f"{local.manifest[:19]}...", f"push again: labtool push {ref.local}")
+    _ok(f"{ref.local} is in the registry with digest {digest[:19]}..., the same as the local image")
+
+
+# --- 04b-images: builds -------------------------------------------------------------------
+
+def _build_answer(dockerfile, tag, files=None):
+    """Build the learner's Dockerfile text in a fresh context (with ``files``); the Result and
+    the context directory (the caller removes both the image and the directory)."""
+    import tempfile
+
+    if not isinstance(dockerfile, str) or "FROM" not in dockerfile.upper():
+        _fail("the answer is not a Dockerfile", "write its text in triple quotes, starting with FROM busybox")
+    top = tempfile.mkdtemp(prefix="labtool-04b-check-", dir="/tmp")
+    for name, text in dict(files or {}, Dockerfile=dockerfile).items():
+        with open(os.path.join(top, name), "w") as f:
+            f.write(text)
+    return notebook.labtool("build", "-t", tag, top, quiet=True, timeout=120), top
+
+
+def _drop_build(tag, top, *outputs):
+    """Remove the check's image, and the untagged images its builds left (earlier stages,
+    an image a second build untagged), then its context."""
+    from labtool.images import store
+
+    notebook.labtool("rmi", "-f", tag, quiet=True)
+    made = [i for out in outputs for i in re.findall(r"^ ---> ([0-9a-f]{12})$", out, re.M)]
+    for image_id in dict.fromkeys(reversed(made)):
+        image = store.find_by_id(image_id)
+        if image is not None and not store.entry_of(image).refs and not store.children_of(image.id):
+            notebook.labtool("rmi", image_id, quiet=True)
+    shutil.rmtree(top, ignore_errors=True)
+
+
+def _build_failed(r):
+    lines = [line for line in (r.err or r.out).splitlines() if line.strip()]
+    _fail(f"the Dockerfile does not build: {lines[-1] if lines else f'exit code {r.code}'}",
+          "build it in a cell of its own (labtool build -t try DIR) and read the step that fails")
+
+
+def greets(dockerfile):
+    """Exercise: ``run IMAGE`` prints "Hello, world"; ``run IMAGE Alice`` prints "Hello, Alice"."""
+    tag = "check-04b-greets"
+    r, top = _build_answer(dockerfile, tag)
+    try:
+        if r.code:
+            _build_failed(r)
+        plain = notebook.labtool("run", "--rm", tag, quiet=True)
+        named = notebook.labtool("run", "--rm", tag, "Alice", quiet=True)
+    finally:
+        _drop_build(tag, top, r.out)
+    hint = 'the fixed part is the ENTRYPOINT (exec form: ["echo", "Hello,"]), the part to replace is the CMD'
+    if plain.out.strip() != "Hello, world":
+        _fail(f"labtool run IMAGE printed {plain.out.strip() or plain.err.strip()!r}, not 'Hello, world'", hint)
+    if named.out.strip() != "Hello, Alice":
+        _fail(f"labtool run IMAGE Alice printed {named.out.strip() or named.err.strip()!r}, not 'Hello, Alice'",
+              hint + " (a shell-form ENTRYPOINT ignores the arguments)")
+    _ok("ENTRYPOINT is the fixed part, CMD the default arguments that run's arguments replace: correct")
+
+
+def cache_friendly(dockerfile):
+    """Exercise: after app.txt changes, the slow RUN step comes from the cache, and the image
+    still shows the new app.txt."""
+    tag = "check-04b-cache"
+    r, top = _build_answer(dockerfile, tag, {"app.txt": "version 1\n"})
+    try:
+        if r.code:
+            _build_failed(r)
+        with open(os.path.join(top, "app.txt"), "w") as f:
+            f.write("version 2\n")
+        again = notebook.labtool("build", "-t", tag, top, quiet=True, timeout=120)
+        if again.code:
+            _build_failed(again)
+        shown = notebook.labtool("run", "--rm", tag, quiet=True).out.strip()
+    finally:
+        _drop_build(tag, top, r.out, again.out if "again" in locals() else "")
+    steps = re.findall(r"^Step \d+/\d+ : (.*)\n((?: ---> .*\n)+)", again.out, re.M)
+    runs = [(text, "Using cache" in after) for text, after in steps if text.upper().startswith("RUN")]
+    if not runs:
+        _fail("the Dockerfile has no RUN step any more", "keep the slow RUN: only move lines")
+    missed = [text for text, cached in runs if not cached]
+    if missed:
+        _fail(f"after app.txt changed, '{missed[0]}' ran again", "COPY the file that changes after the slow "
+              "step: a step's cache is lost as soon as a step before it changed")
+    if shown != "version 2":
+        _fail(f"the image shows {shown!r}, not the new app.txt ('version 2')", "the COPY of app.txt must stay")
+    _ok("the slow RUN came from the cache and the new app.txt is in the image: the order is right")
+
+
+def small_image(dockerfile):
+    """Exercise: /report.txt says 2000000 (the size of a 2 MB tool the build needs), and the
+    image is at most 100 kB bigger than busybox: the tool is not in any of its layers."""
+    tag = "check-04b-small"
+    r, top = _build_answer(dockerfile, tag)
+    try:
+        if r.code:
+            _build_failed(r)
+        report = notebook.labtool("run", "--rm", tag, "cat", "/report.txt", quiet=True).out.strip()
+        sizes = json.loads(notebook.labtool("image", "inspect", tag, "busybox", quiet=True).out)
+    finally:
+        _drop_build(tag, top, r.out)
+    if report != "2000000":
+        _fail(f"/report.txt says {report!r}, not 2000000", "make /tmp/toolchain with head -c 2000000 /dev/zero, "
+              "then wc -c < /tmp/toolchain > /report.txt")
+    extra = sizes[0]["Size"] - sizes[1]["Size"]
+    if extra > 100_000:
+        _fail(f"the image is {extra / 1e6:.2f} MB bigger than busybox: the toolchain is still in a layer",
+              "rm in a later RUN only hides it; make and remove it in one RUN (&&), or build in a stage "
+              "of its own and COPY --from it only /report.txt")
+    _ok(f"/report.txt is right and the image is only {extra} bytes bigger than busybox: small, correct")
+
+# --- 07-privileged ---------------------------------------------------------------------
+
+# (flags, privileged?, a hint for an answer that gets this case wrong)
+PRIVILEGE_CASES = [
+    ([], False, "a default container: Docker's 14 capabilities, a small /dev, masked paths"),
+    (["--cap-add", "ALL"], False, "--cap-add ALL gives the very same CapEff as --privileged: capabilities alone "
+                                  "cannot tell. Which protections of --privileged are not capabilities?"),
+    (["--cap-add", "SYS_ADMIN"], False, "SYS_ADMIN lets it mount, but /sys and /proc are as in any container"),
+    (["--device", "/dev/loop-control"], False, "--device gives one host device (and its cgroup rule) by name: "
+                                               "a node in /dev alone does not make a container privileged"),
+    (["--privileged"], True, "--privileged: look at the mounts of /sys and of the masked paths"),
+    (["--privileged", "--cap-drop", "ALL"], True, "Docker ignores --cap-drop with --privileged: still privileged"),
+    (["--privileged", "--net", "host", "--pid", "host"], True, "--privileged with the host's network and PIDs"),
+]
+
+
+def _flags_text(flags):
+    return " ".join(flags) or "(no flags)"
+
+
+def _inside_files(flags):
+    """/proc/self/status and /proc/self/mountinfo of a shell in a container made with ``flags``."""
+    r = notebook.labtool("run", "--rm", *flags, "busybox", "sh", "-c",
+                         "cat /proc/self/status; echo =====; cat /proc/self/mountinfo", quiet=True, timeout=30)
+    if r.code != 0:
+        raise RuntimeError(f"the check could not run its container ({_flags_text(flags)}): {_last_error(r)}")
+    status, _, mountinfo = r.out.partition("=====\n")
+    return status, mountinfo
+
+
+def privileged_from_files(func):
+    """Exercise "judge from /proc": ``func(status, mountinfo)`` gets the text of /proc/self/status and
+    /proc/self/mountinfo as a process inside a container reads them, and says whether the container
+    is privileged. The check reads both files in seven real containers."""
+    if not callable(func):
+        _fail(f"{func!r} is not a function", "define it with def is_privileged(status, mountinfo): ...")
+    for flags, truth, hint in PRIVILEGE_CASES:
+        status, mountinfo = _inside_files(flags)
+        try:
+            answer = func(status, mountinfo)
+        except Exception as e:
+            _fail(f"with {_flags_text(flags)} your function raised {type(e).__name__}: {e}",
+                  "status has lines like 'CapEff:\\t000001fffeffffff'; mountinfo one mount per line, "
+                  "the mount point in the 5th field and its options in the 6th")
+        if not isinstance(answer, bool):
+            _fail(f"with {_flags_text(flags)} your function returned {answer!r}", "return True or False")
+        if answer != truth:
+            _fail(f"{_flags_text(flags)}: you say {'privileged' if answer else 'not privileged'}, "
+                  f"it is {'privileged' if truth else 'not privileged'}", hint)
+    _ok(f"Your function tells the {sum(t for _, t, _ in PRIVILEGE_CASES)} privileged containers from the "
+        f"{sum(not t for _, t, _ in PRIVILEGE_CASES)} others, --cap-add ALL and --device included: correct")
+
+
+def privileged_test(command):
+    """Exercise "a test inside": ``command``, a busybox shell command run inside the container, exits 0
+    in a privileged container and non-zero in any other."""
+    if not isinstance(command, str) or not command.strip():
+        _fail(f"{command!r} is not a shell command", "a string, like \"grep -q something /proc/self/status\"")
+    for flags, truth, hint in PRIVILEGE_CASES:
+        r = notebook.labtool("run", "--rm", *flags, "busybox", "sh", "-c", command, quiet=True, timeout=30)
+        if r.code == 125 and r.err.startswith("labtool:"):
+            raise RuntimeError(f"the check could not run its container ({_flags_text(flags)}): {_last_error(r)}")
+        if (r.code == 0) != truth:
+            _fail(f"{_flags_text(flags)}: your command exits {r.code}, so it says "
+                  f"{'privileged' if r.code == 0 else 'not privileged'}; it is "
+                  f"{'privileged' if truth else 'not privileged'}", hint)
+    _ok(f"Your command, run inside, knows whether its container is privileged in all {len(PRIVILEGE_CASES)} "
+        "cases: correct")
+
+
+GOD_MODE_TASK = "mke2fs {disk} >/dev/null 2>&1 && mkdir -p /mnt/d && mount {disk} /mnt/d && " \
+                "echo written > /mnt/d/proof && umount /mnt/d"
+
+
+def least_privilege(flags):
+    """Exercise "less than --privileged": with ``flags`` (no --privileged; the word DISK stands for the
+    scratch disk's /dev/loopN) a container formats and mounts a scratch disk (GOD_MODE_TASK), and holds
+    no capability beyond Docker's 14 and the ones the task needs."""
+    from labtool import privileged
+
+    words = _flags(flags, "--cap-add SYS_ADMIN --device DISK")
+    if "--privileged" in words:
+        _fail("your flags say --privileged", "the point is to do without it: which capability does mount need, "
+                                             "and how does a container get one host device?")
+    scratch = os.path.join(os.environ.get("LABTOOL_ROOT", "/tmp"), f"least-privilege-{os.getpid()}.img")
+    with privileged.scratch_disk(scratch) as disk:
+        given = [disk if w == "DISK" else w for w in words]
+        task = GOD_MODE_TASK.format(disk=disk)
+        r = notebook.labtool("run", "--rm", *given, "busybox", "sh", "-c",
+                             f"{task} && sed -n 's/^CapEff:[[:space:]]*//p' /proc/self/status", quiet=True, timeout=30)
+        if r.code != 0:
+            _fail(f"with {' '.join(given)} the task fails: {_last_error(r)}",
+                  "mke2fs needs the node (--device DISK), mount needs CAP_SYS_ADMIN; "
+                  "try it in a cell and read the error")
+    extra = set(capabilities.names_of(int(r.out.split()[-1], 16))) - set(
+        capabilities.names_of(capabilities.mask_of(capabilities.DOCKER_DEFAULT + ["SYS_ADMIN"])))
+    if extra:
+        shown = ", ".join(sorted(extra)[:4]) + (f" ... {len(extra)} in all" if len(extra) > 4 else "")
+        _fail(f"it works, with more than it needs: {shown}", "add the one capability mount needs, not ALL")
+    _ok(f"{' '.join(words)}: one capability and one device, not every capability and every host device: "
+        "least privilege, correct")

@@ -4,11 +4,15 @@
                 [--userns] [--user U] [--init] [-e K=V] [-w DIR] [--name NAME]
                 [--memory B] [--memory-swap B] [--cpu-shares N] [--cpus N] [--cpuset-cpus L]
                 [--pids-limit N] [--device D] [--cap-add CAP] [--cap-drop CAP]
-                [--security-opt no-new-privileges] IMAGE [CMD...]
+                [--security-opt no-new-privileges] [--privileged] IMAGE [CMD...]
     labtool exec [-e K=V] [-w DIR] [-u USER] CONTAINER CMD...
-    labtool images
+    labtool images [-a]  labtool pull IMAGE     labtool push IMAGE
+    labtool build [-t NAME] [-f FILE] [--build-arg K=V] [--target STAGE] [--no-cache] [-q] CONTEXT
+    labtool history IMAGE   labtool tag SRC DST   labtool rmi [-f] IMAGE...   labtool save -o FILE IMAGE...
+    labtool load -i FILE    labtool image ls|inspect|history|rm|tag|prune
+    labtool login [-u USER] [-p PASS | --password-stdin] [SERVER]     labtool logout [SERVER]
     labtool stats [--no-stream] [CONTAINER...]
-    labtool inspect CONTAINER...
+    labtool inspect CONTAINER|IMAGE...
     labtool rm [-f] [-v] CONTAINER...     labtool diff CONTAINER     labtool commit CONTAINER IMAGE
     labtool volume create|ls|inspect|rm|prune     labtool info
     labtool reset [--all]
@@ -54,9 +58,10 @@ def _parser():
     ex.add_argument("container")
     ex.add_argument("args", nargs=argparse.REMAINDER, metavar="CMD")
 
-    sub.add_parser("images", help="list images")
+    _image_commands(sub)
     _network_commands(sub)
     _storage_commands(sub)
+    _registry_commands(sub)
 
     _lifecycle_commands(sub)
 
@@ -64,8 +69,8 @@ def _parser():
     stats.add_argument("--no-stream", action="store_true", help="print one reading and exit")
     stats.add_argument("containers", nargs="*", metavar="CONTAINER")
 
-    inspect = sub.add_parser("inspect", help="a container's configuration and state, as JSON")
-    inspect.add_argument("containers", nargs="+", metavar="CONTAINER")
+    inspect = sub.add_parser("inspect", help="a container's (or an image's) configuration and state, as JSON")
+    inspect.add_argument("containers", nargs="+", metavar="CONTAINER|IMAGE")
 
     reset = sub.add_parser("reset", help="remove every container and host object labtool made")
     reset.add_argument("--all", action="store_true", help="remove the images too")
@@ -83,13 +88,14 @@ def _container_flags(run):
     run.add_argument("--rm", action="store_true", help="remove the container when it exits")
     _storage_flags(run)
     run.add_argument("--upto", default="full", metavar="STEP",
-                     help="only the steps up to STEP: chroot, namespaces, ..., full (the default)")
+                     help="only the steps up to STEP: chroot, namespaces, ..., privileged, full (the default)")
     run.add_argument("--explain", action="store_true", help="narrate every kernel action on stderr")
     run.add_argument("--hostname", "-h", default="", help="the container's hostname (needs a UTS namespace)")
     run.add_argument("--name", default="", help="a name for the container")
     run.add_argument("--env", "-e", action="append", default=[], metavar="KEY=VALUE",
                      help="set an environment variable")
-    run.add_argument("--workdir", "-w", default="/", help="working directory inside the container")
+    run.add_argument("--workdir", "-w", default="", help="working directory inside the container "
+                     "(default: the image's WORKDIR, or /)")
     run.add_argument("--user", "-u", default="", metavar="USER[:GROUP]", help="run as this user (name or uid)")
     run.add_argument("--pid", default="private", metavar="MODE", help="PID namespace: private, host, container:NAME")
     run.add_argument("--ipc", default="private", metavar="MODE",
@@ -122,11 +128,13 @@ def _container_flags(run):
     limits.add_argument("--pids-limit", type=int, default=0, metavar="N", help="at most N processes (-1: unlimited)")
     limits.add_argument("--device", action="append", default=[], metavar="HOST[:CONTAINER][:rwm]",
                         help="give the container a host device")
-    caps = run.add_argument_group("capabilities (step 06)")
+    caps = run.add_argument_group("capabilities (step 06) and full privileges (step 07)")
     caps.add_argument("--cap-add", action="append", default=[], metavar="CAP",
                       help="give root in the container this capability (NET_ADMIN, CAP_SYS_TIME, ALL)")
     caps.add_argument("--cap-drop", action="append", default=[], metavar="CAP",
                       help="take this capability away (CHOWN, NET_RAW, ALL)")
+    caps.add_argument("--privileged", action="store_true",
+                      help="every capability, every host device, no masked paths (step 07)")
     caps.add_argument("--security-opt", action="append", default=[], metavar="no-new-privileges",
                       help="no-new-privileges: set-user-ID programs and file capabilities raise nothing")
     run.add_argument("--entrypoint", default=None, metavar="CMD",
@@ -208,6 +216,65 @@ def _network_commands(sub):
     port.add_argument("private", nargs="?", metavar="PORT[/PROTO]")
 
 
+def _image_commands(sub):
+    """Notebook 04b's commands: images, build, history, tag, rmi, save, load, image ACTION."""
+    images = sub.add_parser("images", help="list images")
+    images.add_argument("--all", "-a", action="store_true", help="the intermediate images of builds too")
+    images.add_argument("--quiet", "-q", action="store_true", help="only the ids")
+    images.add_argument("repository", nargs="?", default="", metavar="REPOSITORY[:TAG]")
+    build = sub.add_parser("build", help="build an image from a Dockerfile")
+    build.add_argument("--tag", "-t", action="append", default=[], metavar="NAME[:TAG]")
+    build.add_argument("--file", "-f", default="", metavar="FILE", help="the Dockerfile (default: CONTEXT/Dockerfile)")
+    build.add_argument("--build-arg", action="append", default=[], metavar="KEY=VALUE", help="set a build argument")
+    build.add_argument("--target", default="", metavar="STAGE", help="build up to this stage, and tag it")
+    build.add_argument("--no-cache", action="store_true", help="run every step again")
+    build.add_argument("--quiet", "-q", action="store_true", help="print only the image id")
+    build.add_argument("context", metavar="CONTEXT")
+    history = sub.add_parser("history", help="the layers of an image, one per instruction")
+    _history_flags(history)
+    tag = sub.add_parser("tag", help="give an image another name")
+    tag.add_argument("source", metavar="SOURCE_IMAGE[:TAG]")
+    tag.add_argument("target", metavar="TARGET_IMAGE[:TAG]")
+    rmi = sub.add_parser("rmi", help="remove images")
+    rmi.add_argument("--force", "-f", action="store_true", help="remove the tags even if a container uses it")
+    rmi.add_argument("images", nargs="+", metavar="IMAGE")
+    save = sub.add_parser("save", help="write images to a tar archive (an OCI image layout)")
+    save.add_argument("--output", "-o", required=True, metavar="FILE")
+    save.add_argument("images", nargs="+", metavar="IMAGE")
+    load = sub.add_parser("load", help="read images from a tar archive made by save")
+    load.add_argument("--input", "-i", required=True, metavar="FILE")
+    # one parser for "image ACTION" (each parser costs start-up time of every labtool command)
+    image = sub.add_parser("image", help="manage images: ls, inspect IMAGE..., history IMAGE, rm IMAGE..., "
+                                         "tag SRC DST, prune [-a] [-f]")
+    image.add_argument("action", choices=["ls", "inspect", "history", "rm", "tag", "prune"])
+    image.add_argument("names", nargs="*", metavar="IMAGE")
+    image.add_argument("--all", "-a", action="store_true", help="ls: intermediate images too; prune: unused too")
+    image.add_argument("--force", "-f", action="store_true", help="rm: as rmi -f; prune: do not ask")
+    image.add_argument("--no-trunc", action="store_true", help="history: full ids and commands")
+    image.add_argument("--quiet", "-q", action="store_true", help="ls, history: only the ids")
+
+
+def _history_flags(history):
+    history.add_argument("--no-trunc", action="store_true", help="full ids and commands")
+    history.add_argument("--human", "-H", default="true", choices=["true", "false"],
+                         help="sizes and dates in human form (default true)")
+    history.add_argument("--quiet", "-q", action="store_true", help="only the image ids")
+    history.add_argument("image", metavar="IMAGE")
+
+
+def _registry_commands(sub):
+    """Step 04b's registry commands: login, logout, pull, push."""
+    login = sub.add_parser("login", help="log in to a registry (credentials stored for pull and push)")
+    login.add_argument("--username", "-u", default="", help="user name")
+    login.add_argument("--password", "-p", default="", help="password (prefer --password-stdin)")
+    login.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    login.add_argument("server", nargs="?", default="", metavar="SERVER", help="HOST[:PORT] of the registry")
+    logout = sub.add_parser("logout", help="forget the credentials for a registry")
+    logout.add_argument("server", nargs="?", default="", metavar="SERVER")
+    sub.add_parser("pull", help="download an image from a registry").add_argument("image", metavar="IMAGE[:TAG]")
+    sub.add_parser("push", help="upload an image to a registry").add_argument("image", metavar="IMAGE[:TAG]")
+
+
 def _storage_flags(run):
     """Step 04's flags of ``labtool run``."""
     run.add_argument("--volume", "-v", action="append", default=[], metavar="[SRC:]DST[:ro]",
@@ -266,7 +333,8 @@ def _spec(a):
                          upto=a.upto, explain=a.explain, remove=a.rm, init=a.init,
                          namespaces=Namespaces(pid=a.pid, net=a.network, ipc=a.ipc, uts=a.uts,
                                                user="private" if a.userns else "host"),
-                         resources=_resources(a), tty=a.tty, interactive=a.interactive, restart=a.restart)
+                         resources=_resources(a), tty=a.tty, interactive=a.interactive, restart=a.restart,
+                         privileged=a.privileged)
     if a.entrypoint is not None:       # one program, as in Docker ("" clears the image's)
         spec.entrypoint = [a.entrypoint] if a.entrypoint else []
     spec.mounts = [mounts.parse_volume(v) for v in a.volume] + [mounts.parse_tmpfs(t) for t in a.tmpfs]
@@ -493,24 +561,120 @@ def cmd_exec(a):
 
 
 def cmd_images(a):
-    from labtool.images import store
+    from labtool.images import listing
 
-    rows = []
-    for ref, descriptor in store.list_images():
-        image = store.find(ref)
-        repo, _, tag = ref.rpartition(":")
-        size = sum(layer["size"] for layer in _manifest(store, descriptor)["layers"])
-        rows.append((repo, tag, image.id.split(":")[1][:12], image.config.get("created", ""), _human(size)))
-    print(f"{'REPOSITORY':<20}{'TAG':<10}{'IMAGE ID':<15}{'CREATED':<23}SIZE")
-    for repo, tag, image_id, created, size in rows:
-        print(f"{repo:<20}{tag:<10}{image_id:<15}{created:<23}{size}")
+    wanted = getattr(a, "repository", "")
+    if a.quiet:
+        print("\n".join(dict.fromkeys(row[2] for row in listing.images_rows(a.all, wanted))))
+    else:
+        print(listing.images_table(a.all, wanted))
     return 0
 
 
-def _manifest(store, descriptor):
+def cmd_build(a):
+    from labtool.images import build
+
+    _needs_root("labtool build")
+    args = {}
+    for item in a.build_arg:
+        key, sep, value = item.partition("=")
+        args[key] = value if sep else os.environ.get(key, "")
+    image = build.build(build.Options(context=a.context, dockerfile=a.file, tags=a.tag, build_args=args,
+                                      target=a.target, no_cache=a.no_cache, quiet=a.quiet))
+    if a.quiet:
+        print(image.id)
+    return 0
+
+
+def cmd_history(a):
+    from labtool.images import listing
+
+    image = listing.get(a.image)
+    if a.quiet:
+        rows = listing.history_rows(image, full=a.no_trunc)
+        print("\n".join(r[0] for r in rows))
+    else:
+        print(listing.history_table(image, full=a.no_trunc, human=a.human == "true"))
+    return 0
+
+
+def cmd_tag(a):
+    from labtool.images import listing, reference, store
+
+    image = listing.get(a.source)
+    reference.parse(a.target, default="")          # a name Docker would take, or a one-line error
+    store.tag(image, a.target)
+    return 0
+
+
+def cmd_rmi(a):
+    from labtool.images import remove
+
+    _needs_root("labtool rmi")
+    failed = 0
+    for name in a.images:
+        try:
+            for line in remove.rmi(name, force=a.force):
+                print(line)
+        except LabtoolError as e:
+            print(f"labtool: {e}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
+def cmd_save(a):
+    from labtool.images import archive
+
+    archive.save(a.images, a.output)
+    return 0
+
+
+def cmd_load(a):
+    from labtool.images import archive
+
+    _needs_root("labtool load")
+    for line in archive.load(a.input):
+        print(line)
+    return 0
+
+
+def cmd_image(a):
+    """labtool image ACTION: the same commands under Docker's newer names."""
     import json
 
-    return json.loads(store.read_blob(descriptor["digest"]))
+    from labtool.images import listing, remove
+
+    needs = {"inspect": "IMAGE...", "history": "IMAGE", "rm": "IMAGE...", "tag": "SOURCE TARGET"}
+    count = {"history": 1, "tag": 2}.get(a.action)
+    usage = needs.get(a.action, "")
+    if (usage and not a.names) or (count and len(a.names) != count) or (not usage and a.names):
+        raise UsageError(f"usage: labtool image {a.action} {usage}".rstrip())
+    if a.action == "ls":
+        a.command = "images"
+        return cmd_images(a)
+    if a.action == "inspect":
+        print(json.dumps([listing.inspect(listing.get(n)) for n in a.names], indent=4))
+    elif a.action == "history":
+        a.image, a.human = a.names[0], "true"
+        return cmd_history(a)
+    elif a.action == "rm":
+        a.images = a.names
+        return cmd_rmi(a)
+    elif a.action == "tag":
+        a.source, a.target = a.names
+        return cmd_tag(a)
+    elif a.action == "prune":
+        _needs_root("labtool image prune")
+        which = "all images without at least one container associated to them" if a.all else "all dangling images"
+        if not a.force:
+            print(f"WARNING! This will remove {which}.\nAre you sure you want to continue? [y/N] ", end="", flush=True)
+            if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+                return 0
+        lines, freed = remove.prune(everything=a.all)
+        if lines:
+            print("Deleted Images:", *lines, "", sep="\n")
+        print(f"Total reclaimed space: {_human(freed)}")
+    return 0
 
 
 def _human(n):
@@ -551,7 +715,19 @@ def cmd_inspect(a):
 
     from labtool.engine import containers
 
-    print(json.dumps([containers.inspect(containers.find(name)) for name in a.containers], indent=4))
+    from labtool.errors import ContainerNotFound
+    from labtool.images import listing
+
+    found = []
+    for name in a.containers:            # a container by that name or id, else an image (as docker)
+        try:
+            found.append(containers.inspect(containers.find(name)))
+        except ContainerNotFound:
+            try:
+                found.append(listing.inspect(listing.get(name)))
+            except listing.NoSuchImage:
+                raise LabtoolError(f"No such object: {name}") from None
+    print(json.dumps(found, indent=4))
     return 0
 
 
@@ -697,6 +873,63 @@ def cmd_port(a):
     lines = ports.lookup(bindings, a.private, a.container) if a.private else ports.format_port(bindings)
     for line in lines:
         print(line)
+
+
+def cmd_login(a):
+    import getpass
+
+    from labtool.images import registry
+
+    host = registry.resolve_host(a.server)
+    if a.password and a.password_stdin:
+        raise UsageError("--password and --password-stdin are mutually exclusive")
+    password = a.password
+    if a.password:
+        print("WARNING! Using --password via the CLI is insecure. Use --password-stdin.", file=sys.stderr)
+    elif a.password_stdin:
+        if not a.username:
+            raise UsageError("Must provide --username with --password-stdin")
+        password = sys.stdin.read().rstrip("\r\n")
+        if not password:
+            raise UsageError("password is empty: nothing came on stdin")
+    user, asked = a.username, not (a.username and password)
+    if asked and not sys.stdin.isatty():
+        raise UsageError("Cannot perform an interactive login from a non TTY device: use -u and --password-stdin")
+    try:
+        user = user or input("Username: ").strip()
+        password = password or getpass.getpass("Password: ")
+    except EOFError:
+        raise UsageError("login needs a username and a password") from None
+    where = registry.login(host, user, password)
+    print(f"WARNING! Your password will be stored unencrypted in {where} (readable by root only).",
+          file=sys.stderr)
+    print("Login Succeeded")
+    return 0
+
+
+def cmd_logout(a):
+    from labtool.images import registry
+
+    host = registry.resolve_host(a.server)
+    if registry.logout(host):
+        print(f"Removing login credentials for {host}")
+    else:
+        print(f"Not logged in to {host}")
+    return 0
+
+
+def cmd_pull(a):
+    from labtool.images import reference, registry
+
+    registry.pull(a.image)
+    print(reference.parse(a.image).name_and_tag)       # the full name, as docker pull ends
+    return 0
+
+
+def cmd_push(a):
+    from labtool.images import registry
+
+    registry.push(a.image)
     return 0
 
 
@@ -723,8 +956,11 @@ COMMANDS.update({"create": cmd_create, "start": cmd_start, "stop": cmd_stop, "re
                  "rename": cmd_rename, "top": cmd_top, "ps": cmd_ps, "logs": cmd_logs, "system": cmd_system})
 COMMANDS.update({"stats": cmd_stats, "inspect": cmd_inspect})                      # step 03
 COMMANDS.update({"network": cmd_network, "port": cmd_port})                       # step 05
+COMMANDS.update({"build": cmd_build, "history": cmd_history, "tag": cmd_tag, "rmi": cmd_rmi,  # step 04b
+                 "save": cmd_save, "load": cmd_load, "image": cmd_image})
 COMMANDS.update({"rm": cmd_rm, "diff": cmd_diff, "commit": cmd_commit, "info": cmd_info,   # step 04
                  "volume": cmd_volume})
+COMMANDS.update({"login": cmd_login, "logout": cmd_logout, "pull": cmd_pull, "push": cmd_push})  # 04b
 
 
 PARSER = None          # the labtool daemon builds the parser once, before it forks workers

@@ -6,6 +6,7 @@ setns or fork a container itself. Every demo cell goes through one of these inst
     sh("labtool run --rm busybox hostname")    a shell command, output shown in the cell
     labtool("run", "--rm", "busybox", "ps")    the labtool CLI of this very checkout
     python('import os; print(os.getpid())')    a snippet in a fresh Python interpreter
+    reg = local_registry()                      a real registry on 127.0.0.1 (reg.host, reg.stop())
 
 Each returns a ``Result`` (``.out``, ``.err``, ``.code``) so a check cell can assert on it.
 """
@@ -69,3 +70,20 @@ def python(code, quiet=False, timeout=60):
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(),
                        timeout=timeout)
     return _show(Result(p.stdout, p.stderr, p.returncode), quiet)
+
+
+def local_registry(storage=None):
+    """Start a real registry (Docker Distribution, ``docker-registry serve``) on 127.0.0.1 at
+    a free port, storing into ``storage`` (default: a temporary directory); return it.
+
+    ``reg.host`` is ``127.0.0.1:PORT`` (push to ``f"{reg.host}/busybox"``), ``reg.stop()``
+    stops it and removes its files (also done when the kernel exits, should a notebook stop
+    half-way). The registry is a separate program, not a thread of this kernel.
+    """
+    import atexit
+
+    from labtool.images.localregistry import LocalRegistry
+
+    reg = LocalRegistry(storage=storage).start()
+    atexit.register(reg.stop)
+    return reg

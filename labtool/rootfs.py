@@ -17,7 +17,7 @@ import os
 import shutil
 import stat
 
-from labtool import explain, mounts, syscalls
+from labtool import explain, mounts, privileged, syscalls
 
 
 def copy_layers(layers, target):
@@ -153,13 +153,19 @@ def mount_kernel_filesystems(c):
     """Mount /proc, /sys, /dev and friends into the rootfs, from inside the new namespaces.
 
     /proc is mounted by the child itself, so it shows the child's PID namespace;
-    /sys is read-only so the container cannot reconfigure the host's devices through it.
+    /sys is read-only so the container cannot reconfigure the host's devices through it
+    (read-write with --privileged, step 07, which also puts the host's devices in /dev).
     """
     root = c.rootfs
+    full_privileges = getattr(c, "privileged", False)
     _mount("proc", f"{root}/proc", "proc", NOSUID_NODEV_NOEXEC, None,
            "processes of this PID namespace only")
-    _mount("sysfs", f"{root}/sys", "sysfs", NOSUID_NODEV_NOEXEC | syscalls.MS_RDONLY, None,
-           "read-only: no writing to the host's kernel settings")
+    if full_privileges:
+        _mount("sysfs", f"{root}/sys", "sysfs", NOSUID_NODEV_NOEXEC, None,
+               "--privileged: read-write, the host kernel's settings writable")
+    else:
+        _mount("sysfs", f"{root}/sys", "sysfs", NOSUID_NODEV_NOEXEC | syscalls.MS_RDONLY, None,
+               "read-only: no writing to the host's kernel settings")
     _mount("tmpfs", f"{root}/dev", "tmpfs", syscalls.MS_NOSUID | syscalls.MS_STRICTATIME, "mode=755,size=65536k",
            "an empty /dev of its own, not the host's disks")
     for name, major, minor in DEVICES:
@@ -186,6 +192,9 @@ def mount_kernel_filesystems(c):
             kind = 0o020000 if device.type == "c" else 0o060000
             os.mknod(node, device.mode | kind, os.makedev(device.major, device.minor))
             os.chmod(node, device.mode)
+    if full_privileges:
+        privileged.copy_host_devices(f"{root}/dev", {name for name, *_ in DEVICES + DEV_LINKS}
+                                 | {d.container_path[len("/dev/"):] for d in getattr(c, "devices", [])})
     for name, target in DEV_LINKS:
         os.symlink(target, f"{root}/dev/{name}")
     _mount("devpts", f"{root}/dev/pts", "devpts", syscalls.MS_NOSUID | syscalls.MS_NOEXEC,

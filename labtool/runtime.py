@@ -30,7 +30,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from labtool import (capabilities, cgroups, explain, images, init, mounts, namespaces, network, overlay, paths,
-                     process, rootfs)
+                     privileged, process, rootfs)
 from labtool.cgroups import devices
 from labtool.engine import containers
 from labtool.errors import CommandNotExecutable, CommandNotFound, LabtoolError, UsageError
@@ -52,6 +52,7 @@ STEPS = [
     Step("overlay", overlay, "04-overlay"),           # image layers shared, changes on top
     Step("network", network, "05-networking"),        # a veth into a bridge, an address, published ports
     Step("capabilities", capabilities, "06-capabilities"),  # root's power, minus what a container need not do
+    Step("privileged", privileged, "07-privileged"),  # --privileged: the protections above switched off
 ]
 # Steps still to come, in the order their notebooks teach them.
 PLANNED = []
@@ -95,6 +96,7 @@ class Container:
     console_size: tuple = (24, 80)    # -t: its rows and columns
     privileges: object = None         # step 06: a capabilities.Plan (None: root keeps everything)
     network: object = None            # step 05: a network.Plan (None: the step is off)
+    privileged: bool = False          # step 07: --privileged; steps 01, 03 and 06 consult it
 
 
 def new_container(spec):
@@ -113,6 +115,10 @@ def build(spec):
     steps = active_steps(spec.upto)
     names = [s.name for s in steps]
     image = images.find_or_make(spec.image)
+    # the image's WORKDIR and USER, unless -w / -u say otherwise (notebook 04b, Dockerfiles)
+    settings = image.config.get("config") or {}
+    spec.process.cwd = spec.process.cwd or settings.get("WorkingDir") or "/"
+    spec.process.user = spec.process.user or settings.get("User") or ""
     c = Container(spec=spec, image=image, id=spec.id, dir=paths.container_dir(spec.id),
                   rootfs=os.path.join(paths.container_dir(spec.id), "rootfs"), steps=steps)
     if "namespaces" in names:
@@ -143,8 +149,10 @@ def build(spec):
         c.network = network.plan(spec, image)
     else:
         network.check_flags(spec)
+    privileged.check(spec, names)
+    c.privileged = spec.privileged
     if "capabilities" in names:
-        c.privileges = capabilities.plan(spec.capabilities)
+        c.privileges = capabilities.plan(spec.capabilities, privileged=c.privileged)
     elif spec.capabilities != type(spec.capabilities)():
         raise UsageError(f"--cap-add, --cap-drop and --security-opt come with step 06 (capabilities): "
                          f"--upto {spec.upto} stops before it")
@@ -154,7 +162,16 @@ def build(spec):
 def load(container_id):
     """The Container of an existing container directory (``labtool start``)."""
     with open(os.path.join(paths.container_dir(container_id), "config.json")) as f:
-        return build(spec_from_dict(json.load(f)))
+        spec = spec_from_dict(json.load(f))
+    try:
+        return build(spec)
+    except images.ImageNotFound:
+        # its image lost its name (rmi -f): the image itself stays while a container uses it
+        made_from = overlay.storage_of(paths.container_dir(container_id)).get("Image")
+        if not made_from:
+            raise
+        spec.image = made_from
+        return build(spec)
 
 
 def _donor_pid(name, kind):
@@ -198,9 +215,12 @@ def command_of(spec, image):
 
 def environment(image, spec_env, hostname="", user="", links=()):
     """The image's ENV, then HOSTNAME and HOME, then --link's variables, then -e flags: later ones win."""
-    env = {}
+    from labtool.spec import DEFAULT_PATH
+
+    env = {"PATH": DEFAULT_PATH}            # unless the image's ENV (or -e) says otherwise
     root = user.split(":")[0] in ("", "0", "root")
     home = [f"HOME={'/root' if root else '/'}"]     # (Docker takes it from /etc/passwd: root's is /root)
+    spec_env = [item for item in spec_env if item != f"PATH={DEFAULT_PATH}"]   # the spec's default
     for item in (list(image.env) + ([f"HOSTNAME={hostname}"] if hostname else []) + home + list(links)
                  + list(spec_env)):
         key, _, value = item.partition("=")
@@ -477,7 +497,8 @@ def exec_in(name, argv, env=(), cwd="", user="", explain_it=False, interactive=F
     steps = [s.name for s in active_steps(spec["upto"])]
     cgroup = cgroups.find(record.id) if "cgroups" in steps else None
     # the same capabilities as the container's command (docker exec without --privileged)
-    privileges = (capabilities.plan(spec_from_dict(spec).capabilities) if "capabilities" in steps else None)
+    privileges = (capabilities.plan(spec_from_dict(spec).capabilities, privileged=spec.get("privileged", False))
+                  if "capabilities" in steps else None)
     pid = namespaces.fork_into({} if same_pid_ns else {"pid": pid_ns})
     if pid == 0:
         try:

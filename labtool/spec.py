@@ -113,6 +113,7 @@ class ContainerSpec:
     init: bool = False               # --init: a tiny init as PID 1 runs the command
     resources: Resources = field(default_factory=Resources)
     capabilities: Capabilities = field(default_factory=Capabilities)
+    privileged: bool = False         # --privileged (step 07): the protections of steps 01-06 off
     # the lifecycle (notebook 00): Docker's Config.Entrypoint, .Tty, .OpenStdin, HostConfig.RestartPolicy
     entrypoint: list = None          # --entrypoint: replaces the image's; None keeps it, [] clears it
     tty: bool = False                # -t: a pseudo-terminal for the command

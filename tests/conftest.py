@@ -2,7 +2,7 @@
 
 The guard records what labtool could leave behind on the host before the whole run and
 compares after it: mounts, network links, network namespaces, cgroups, iptables rules,
-the hostname, and processes in other PID namespaces or running labtool. Any difference
+loop devices, the hostname, and processes in other PID namespaces or running labtool. Any difference
 fails the run, naming what was left.
 """
 
@@ -168,8 +168,24 @@ def _foreign_processes():
     return found
 
 
+def _loop_devices():
+    """Attached loop devices (man 4 loop) whose backing file is ours: notebook 07 and
+    test_privileged attach scratch files under the test root or pytest's temporary directory."""
+    found = []
+    for name in sorted(os.listdir("/sys/block")):
+        try:
+            with open(f"/sys/block/{name}/loop/backing_file") as f:
+                backing = f.read().strip()
+        except OSError:
+            continue                     # not a loop device, or nothing attached
+        if _is_ours(backing):
+            found.append(f"/dev/{name} {backing}")
+    return found
+
+
 def host_state():
     return {
+        "loop devices": _loop_devices(),
         "mounts": _mounts(),
         "links": _links(),
         "netns": sorted(n for n in (os.listdir("/run/netns") if os.path.isdir("/run/netns") else [])
@@ -298,9 +314,8 @@ def names(run):
 
 @pytest.fixture
 def images():
-    """Image names for a test; untagged after it (the notebooks list the images of this root)."""
-    from labtool.images import store
-
+    """Image names for a test; removed after it (``rmi -f``: the tag, and the image with its
+    intermediate images when no container needs them; the notebooks list this root's images)."""
     made = []
 
     def image(ref):
@@ -308,5 +323,5 @@ def images():
         return ref
 
     yield image
-    for ref in made:
-        store.untag(ref)
+    if made:
+        labtool("rmi", "-f", *made)

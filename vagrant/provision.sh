@@ -3,6 +3,7 @@
 # As root, on Debian 12 or Ubuntu 22.04/24.04. Idempotent: a second run changes nothing.
 #
 #   system packages   busybox-static (the base image), iproute2, iptables, python3-venv, ...
+#                     and docker-registry, whose own service is masked (labtool runs it on 127.0.0.1)
 #   virtualenv        $LABTOOL_VENV (default /opt/labtool/venv) from requirements.txt
 #   labtool           installed editable from this checkout; `labtool` on PATH
 #   base image        busybox, made offline from /bin/busybox
@@ -37,12 +38,30 @@ PACKAGES=(
     procps           # ps, for the host side of the demos
     python3-venv     # the lab's virtualenv
     runc             # the reference OCI runtime, for bench/startup.py
+    docker-registry  # Docker Distribution: the registry that notebook 04b and the tests run on 127.0.0.1
+    apache2-utils    # htpasswd: bcrypt password files for the registry with Basic auth (tests)
+    skopeo           # an independent registry and OCI layout reader (tests)
+    umoci            # an independent OCI layout reader: unpacks what labtool writes (tests)
+    openssl          # signs the tests' registry tokens (JWT, RS256)
     make git
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
+# docker-registry's package enables and starts a service listening on EVERY interface (port
+# 5000). labtool starts its own registries, on 127.0.0.1 only, when a notebook or test needs
+# one: mask the packaged service (before installing, so it never starts) and stop it if it runs.
+if [ -d /run/systemd/system ]; then
+    if [ "$(systemctl is-enabled docker-registry.service 2>/dev/null)" != masked ]; then
+        say "masking docker-registry.service (it would listen on all interfaces)"
+        systemctl mask -q docker-registry.service
+    fi
+    if systemctl is-active -q docker-registry.service; then
+        say "stopping docker-registry.service"
+        systemctl stop docker-registry.service
+    fi
+fi
 if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive

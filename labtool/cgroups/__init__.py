@@ -35,7 +35,7 @@ import re
 import signal
 import time
 
-from labtool import explain
+from labtool import explain, privileged
 from labtool.cgroups import devices
 from labtool.errors import LabtoolError, UsageError
 
@@ -233,7 +233,7 @@ def started(c, pid):
     """
     cgroup = c.cgroup
     cgroup.create(pid, c.spec.resources)
-    cgroup.apply(c.spec.resources, devices.rules_for(c.devices))
+    cgroup.apply(c.spec.resources, privileged.device_rules(c, devices.rules_for(c.devices)))
     if pid not in cgroup.pids():
         cgroup.add(pid)
 

@@ -12,6 +12,7 @@ so one container has one directory in each tree, and its pid is written into eac
 ``Documentation/admin-guide/cgroup-v1/`` (memory.rst, cpusets.rst, devices.rst, pids.rst).
 """
 
+import errno
 import os
 from dataclasses import dataclass
 
@@ -81,7 +82,21 @@ class Cgroup:
     # --- making it ------------------------------------------------------------------------
 
     def create(self, pid=None, res=None):
-        """mkdir in every controller's tree. (``pid`` and ``res``: for the systemd driver.)"""
+        """mkdir in every controller's tree. (``pid`` and ``res``: for the systemd driver.)
+
+        The parent, ``labtool/``, is shared with every other container on the machine (of any
+        labtool root), and the last container to go removes it (``remove``). If that happens
+        between our look and our mkdir, a write into it fails with ENODEV (kernfs: the file's
+        directory is gone) or the mkdir with ENOENT: then make it again.
+        """
+        for attempt in range(5):
+            try:
+                return self._create()
+            except OSError as e:
+                if e.errno not in (errno.ENOENT, errno.ENODEV) or attempt == 4:
+                    raise
+
+    def _create(self):
         dirs = self.distinct_dirs()
         parents = sorted({os.path.dirname(d) for d in dirs if not os.path.isdir(os.path.dirname(d))})
         if parents:
@@ -95,12 +110,16 @@ class Cgroup:
             _inherit_cpuset(os.path.dirname(self.dirs["cpuset"]))
         explain.say("cgroups", f"mkdir {_spell(dirs)}", "one cgroup of the container's own in each controller's tree")
         for directory in dirs:
-            os.mkdir(directory)
+            try:
+                os.mkdir(directory)
+            except FileExistsError:
+                pass                      # ours, from an attempt the parent's removal cut short
         if "cpuset" in self.dirs:
             _inherit_cpuset(self.dirs["cpuset"])
 
     def apply(self, res, rules):
-        """Write the container's limits (``res``: spec.Resources) and device rules."""
+        """Write the container's limits (``res``: spec.Resources) and device rules (None:
+        allow every device, for --privileged)."""
         if res.memory:
             write(self.path("memory", "memory.limit_in_bytes"), res.memory,
                   "--memory: above this the kernel reclaims, then OOM-kills")
@@ -120,7 +139,9 @@ class Cgroup:
             write(self.path("cpuset", "cpuset.cpus"), res.cpuset_cpus, "--cpuset-cpus: only these CPUs")
         if res.pids_limit and res.pids_limit > 0:
             write(self.path("pids", "pids.max"), res.pids_limit, "--pids-limit: fork fails beyond this")
-        if "devices" in self.dirs:
+        if "devices" in self.dirs and rules is None:       # --privileged (step 07): no rules
+            write(self.path("devices", "devices.allow"), "a", "--privileged: every device, any access")
+        elif "devices" in self.dirs:
             for rule in rules:
                 name = "devices.allow" if rule.allow else "devices.deny"
                 write(self.path("devices", name), rule.v1_line(),

@@ -101,7 +101,8 @@ class Cgroup:
         make_dir(self.dir, "the container's cgroup")
 
     def apply(self, res, rules):
-        """Write the container's limits (``res``: spec.Resources) and device rules."""
+        """Write the container's limits (``res``: spec.Resources) and device rules (None:
+        attach no device program, for --privileged)."""
         if res.memory:
             write(self.path("memory.max"), res.memory, "--memory: above this the kernel reclaims, then OOM-kills")
             swap = (res.memory_swap or 2 * res.memory) - res.memory if res.memory_swap != -1 else "max"
@@ -118,6 +119,8 @@ class Cgroup:
             write(self.path("cpuset.cpus"), res.cpuset_cpus, "--cpuset-cpus: only these CPUs")
         if res.pids_limit and res.pids_limit > 0:
             write(self.path("pids.max"), res.pids_limit, "--pids-limit: fork fails beyond this")
+        if rules is None:           # --privileged (step 07): no program, no device is refused
+            return
         attach = self.tree.attach_devices
         if attach is None:
             from labtool.cgroups import bpf

@@ -247,6 +247,7 @@ def inspect(record):
             "Links": config.get("network", {}).get("links") or None,
             "Dns": config.get("network", {}).get("dns", []),
             "ExtraHosts": config.get("network", {}).get("add_hosts") or None,
+            "Privileged": config.get("privileged", False),
         },
         "Mounts": record.mounts,
         "GraphDriver": _graph_driver(record.id),

@@ -55,9 +55,11 @@ def start(name_or_id):
     return record
 
 
-def stop(name_or_id, timeout=10, sig=signal.SIGTERM):
-    """``labtool stop``: SIGTERM to PID 1, SIGKILL after ``timeout`` seconds; wait till it is down."""
+def stop(name_or_id, timeout=10, sig=None):
+    """``labtool stop``: SIGTERM (or the image's STOPSIGNAL) to PID 1, SIGKILL after ``timeout``
+    seconds; wait till it is down."""
     record = containers.find(name_or_id)
+    sig = sig or _stop_signal(record)
     containers.update_state(record.id, StoppedByUser=True)
     if record.status == "paused":
         unpause(record.id)                     # a frozen process cannot act on SIGTERM
@@ -69,6 +71,25 @@ def stop(name_or_id, timeout=10, sig=signal.SIGTERM):
             _wait_gone(pid, 10)
     containers.wait_for(record.id, lambda r: r.status not in ("running", "paused", "restarting"), 10)
     return record
+
+
+def _stop_signal(record):
+    """The STOPSIGNAL of the container's image (Dockerfile ``STOPSIGNAL SIGINT``), else SIGTERM."""
+    from labtool import overlay
+    from labtool.images import store
+
+    image_id = overlay.storage_of(paths.container_dir(record.id)).get("Image")
+    try:
+        image = store.find_by_id(image_id) if image_id else None
+    except LabtoolError:
+        image = None
+    name = ((image.config.get("config") or {}).get("StopSignal") or "") if image else ""
+    name = name.upper() if not name.isdigit() else name
+    try:
+        return signal.Signals(int(name)) if name.isdigit() else signal.Signals[
+            name if name.startswith("SIG") else "SIG" + name]
+    except (KeyError, ValueError):
+        return signal.SIGTERM
 
 
 def kill(name_or_id, sig=signal.SIGKILL):

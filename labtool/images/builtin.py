@@ -81,4 +81,10 @@ def make_busybox(ref="busybox:latest"):
     return store.add_image(ref, [store.layer_tar(files)], config)
 
 
-MAKERS = {"busybox:latest": make_busybox}
+def make_hello_world(ref="hello-world:latest"):
+    from labtool.images import hello
+
+    return hello.make_hello_world(ref)
+
+
+MAKERS = {"busybox:latest": make_busybox, "hello-world:latest": make_hello_world}

@@ -16,6 +16,7 @@ An image is: a manifest (which config, which layers) + a config (env, cmd, histo
 tarfile, are imported where they are used, to keep container start-up fast.)
 """
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -75,16 +76,19 @@ def _read_index():
 
 def list_images():
     """Every tagged image, as (ref, manifest descriptor) pairs."""
-    return [(m.get("annotations", {}).get(REF_ANNOTATION), m) for m in _read_index()["manifests"]]
+    return [(m["annotations"][REF_ANNOTATION], m) for m in _read_index()["manifests"]
+            if m.get("annotations", {}).get(REF_ANNOTATION)]
 
 
 def find(ref):
-    """Return the ``Image`` for ``ref``, or None when the store does not have it."""
-    ref = normalize(ref)
-    for name, descriptor in list_images():
-        if name == ref:
-            return from_manifest(descriptor["digest"], ref)
-    return None
+    """Return the ``Image`` for ``ref`` (a name[:tag], or an image id: full, ``sha256:...``,
+    or a unique prefix, as ``docker run 6ad788b83172`` takes), or None when the store
+    does not have it."""
+    name = normalize(ref)
+    for tag, descriptor in list_images():
+        if tag == name:
+            return from_manifest(descriptor["digest"], name)
+    return find_by_id(ref)
 
 
 def from_manifest(digest, ref=""):
@@ -93,6 +97,184 @@ def from_manifest(digest, ref=""):
     config = json.loads(read_blob(manifest["config"]["digest"]))
     layers = [os.path.join(paths.layers_dir(), d.split(":", 1)[1]) for d in config["rootfs"]["diff_ids"]]
     return Image(ref, manifest["config"]["digest"], config, layers, digest)
+
+
+# --- every image, tagged or not, and how images descend from each other -------------------
+#
+# Docker keeps an image for every step of a build ("intermediate images", untagged), and
+# remembers which image each one was made from (its parent): the build cache, ``history``
+# and ``rmi`` need that. Here every image is an entry of index.json; an untagged one has
+# no ref-name annotation, and the parent is an annotation of labtool's own.
+
+PARENT_ANNOTATION = "org.labtool.image.parent"
+
+
+@dataclass
+class Entry:
+    manifest: str         # "sha256:..." of the manifest
+    refs: list            # its tags, maybe none
+    parent: str = ""      # the image id it was built on ("" if none or unknown)
+
+    @property
+    def id(self):
+        """The image id: the digest of its config (read from the manifest)."""
+        return json.loads(read_blob(self.manifest))["config"]["digest"]
+
+
+def entries():
+    """Every image in the store once (by manifest), with all its tags."""
+    found = {}
+    for m in _read_index()["manifests"]:
+        notes = m.get("annotations", {})
+        entry = found.setdefault(m["digest"], Entry(m["digest"], []))
+        if notes.get(REF_ANNOTATION):
+            entry.refs.append(notes[REF_ANNOTATION])
+        entry.parent = entry.parent or notes.get(PARENT_ANNOTATION, "")
+    return list(found.values())
+
+
+def entry_of(image):
+    """The index entry of an ``Image``."""
+    return next((e for e in entries() if e.manifest == image.manifest), Entry(image.manifest, []))
+
+
+def find_by_id(text):
+    """The image whose id is ``text`` or starts with it (``sha256:`` optional); None if none.
+    Two images matching a short prefix is an error, as in Docker."""
+    import re
+
+    if not re.fullmatch(r"(sha256:)?[0-9a-f]{1,64}", text):
+        return None
+    wanted = text.split(":")[-1]
+    matches = {}
+    for entry in entries():
+        image_id = entry.id
+        if image_id.split(":", 1)[1].startswith(wanted):
+            matches.setdefault(image_id, entry)
+    if len(matches) > 1:
+        from labtool.errors import LabtoolError
+
+        raise LabtoolError(f"multiple images match the id prefix '{text}': give more of the id")
+    if not matches:
+        return None
+    entry = next(iter(matches.values()))
+    return from_manifest(entry.manifest, entry.refs[0] if entry.refs else "")
+
+
+def parent_of(image_id):
+    """The id of the image ``image_id`` was built on, "" if none is known."""
+    return next((e.parent for e in entries() if e.parent and e.id == image_id), "")
+
+
+def children_of(image_id):
+    """The entries of images built directly on ``image_id``."""
+    return [e for e in entries() if e.parent == image_id]
+
+
+def tag(image, ref):
+    """``labtool tag``: one more name for an existing image (an ``Image``)."""
+    _edit_index(_tagged(normalize(ref), _descriptor(image.manifest, ref=normalize(ref),
+                                                    parent=entry_of(image).parent)))
+
+
+def delete(image):
+    """Remove an image (all its tags) from index.json. Its blobs and layers stay until
+    ``collect_garbage`` finds nothing uses them any more."""
+    _edit_index(lambda manifests: [m for m in manifests if m["digest"] != image.manifest])
+
+
+@contextlib.contextmanager
+def writing():
+    """Held (shared) while something writes blobs and layers before its image is in index.json
+    (a build, a load): the garbage collector, which needs it alone, leaves the store alone."""
+    import fcntl
+
+    os.makedirs(paths.images_dir(), exist_ok=True)
+    fd = os.open(os.path.join(paths.images_dir(), ".writers"), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
+def collect_garbage(in_use_manifests=()):
+    """Delete the blobs and unpacked layers that no image of index.json, and no manifest in
+    ``in_use_manifests`` (those of containers), refers to. Returns the bytes freed.
+
+    Not while a build or a load writes (see ``writing``): then nothing is deleted this time,
+    the next ``rmi`` or ``image prune`` collects it."""
+    import fcntl
+    import shutil
+
+    os.makedirs(paths.images_dir(), exist_ok=True)
+    writers = os.open(os.path.join(paths.images_dir(), ".writers"), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(writers, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(writers)
+        return 0
+    try:
+        return _collect(in_use_manifests, shutil)
+    finally:
+        os.close(writers)
+
+
+def _collect(in_use_manifests, shutil):
+    keep_blobs, keep_layers = set(), set()
+    with paths.locked(os.path.join(paths.images_dir(), ".lock")):
+        for manifest in [m["digest"] for m in _read_index()["manifests"]] + list(in_use_manifests):
+            try:
+                data = json.loads(read_blob(manifest))
+                config = json.loads(read_blob(data["config"]["digest"]))
+            except (OSError, ValueError, KeyError):
+                continue
+            keep_blobs.update([manifest, data["config"]["digest"]] + [d["digest"] for d in data["layers"]])
+            keep_layers.update(d.split(":", 1)[1] for d in config["rootfs"]["diff_ids"])
+        freed = 0
+        blobs = os.path.join(paths.images_dir(), "blobs", "sha256")
+        for name in os.listdir(blobs) if os.path.isdir(blobs) else []:
+            if "sha256:" + name not in keep_blobs and not name.endswith(".tmp"):
+                freed += os.path.getsize(os.path.join(blobs, name))
+                os.unlink(os.path.join(blobs, name))
+        layers = paths.layers_dir()
+        for name in os.listdir(layers) if os.path.isdir(layers) else []:
+            path = os.path.join(layers, name)
+            if name.split(".")[0] in keep_layers or name.startswith("."):
+                continue
+            if os.path.isdir(path):
+                freed += tree_size(path)
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)                 # a layer's remembered size
+    return freed
+
+
+def tree_size(top):
+    """The bytes of the files under ``top`` (regular files and symbolic links), like the
+    SIZE docker shows: what the layer holds unpacked, not its compressed blob."""
+    total = 0
+    for dirpath, dirs, files in os.walk(top):
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]:
+            st = os.lstat(os.path.join(dirpath, name))
+            total += st.st_size
+    return total
+
+
+def layer_size(layer_dir):
+    """``tree_size`` of an unpacked layer, remembered next to it (layers never change)."""
+    note = layer_dir + ".size"
+    try:
+        with open(note) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        size = tree_size(layer_dir) if os.path.isdir(layer_dir) else 0
+    try:
+        with open(note, "w") as f:
+            f.write(str(size))
+    except OSError:
+        pass
+    return size
 
 
 def write_blob(data):
@@ -161,31 +343,38 @@ def _safe_paths_keep_modes(member, path):
     return member
 
 
-def add_image(ref, layer_tars, config):
-    """Store an image made of uncompressed layer tars and a config; tag it ``ref``.
+def add_image(ref, layer_tars, config, parent=""):
+    """Store an image made of uncompressed layer tars and a config; tag it ``ref``
+    (None: an untagged image, like a build's intermediate images).
 
     Fills in ``config.rootfs.diff_ids``, writes gzip'd layer blobs, the config, the
-    manifest, and records the tag in index.json (under a lock: builds may run at once).
+    manifest, and records the image in index.json (under a lock: builds may run at once).
     """
     descriptors, diff_ids = [], []
     for tar_bytes in layer_tars:
         descriptor, diff_id = _store_layer(tar_bytes)
         descriptors.append(descriptor)
         diff_ids.append(diff_id)
-    return _store_image(ref, descriptors, dict(config, rootfs={"type": "layers", "diff_ids": diff_ids}))
+    return _store_image(ref, descriptors, dict(config, rootfs={"type": "layers", "diff_ids": diff_ids}), parent)
 
 
-def add_layer(parent, ref, tar_bytes, history):
-    """Store a new image: the layers of ``parent`` (an ``Image``), one more layer on top,
-    and ``parent``'s config with ``history`` appended (what ``labtool commit`` does).
-    The parent's layers are shared, not copied: only the new layer is written."""
+def add_layer(parent, ref, tar_bytes, history, config=None):
+    """Store a new image: the layers of ``parent`` (an ``Image``), one more layer on top
+    (``tar_bytes`` None: none, a metadata-only step), and ``parent``'s config (or the
+    ``config`` given) with ``history`` appended (what ``labtool commit`` and each build
+    step do). The parent's layers are shared, not copied: only the new layer is written."""
     manifest = json.loads(read_blob(parent.manifest))
-    descriptor, diff_id = _store_layer(tar_bytes)
-    config = json.loads(json.dumps(parent.config))            # a deep copy
-    config["rootfs"]["diff_ids"].append(diff_id)
+    config = json.loads(json.dumps(config if config is not None else parent.config))   # a deep copy
+    layers = manifest["layers"]
+    if tar_bytes is not None:
+        descriptor, diff_id = _store_layer(tar_bytes)
+        config["rootfs"]["diff_ids"].append(diff_id)
+        layers = layers + [descriptor]
+    else:
+        history = dict(history, empty_layer=True)
     config["history"] = config.get("history", []) + [history]
     config["created"] = history["created"]
-    return _store_image(ref, manifest["layers"] + [descriptor], config)
+    return _store_image(ref, layers, config, parent.id)
 
 
 def _store_layer(tar_bytes):
@@ -200,9 +389,10 @@ def _store_layer(tar_bytes):
     return {"mediaType": MEDIA_LAYER, "digest": write_blob(gz), "size": len(gz)}, diff_id
 
 
-def _store_image(ref, layer_descriptors, config):
-    """Write the config and the manifest of an image, and tag it ``ref`` in index.json."""
-    ref = normalize(ref)
+def _store_image(ref, layer_descriptors, config, parent=""):
+    """Write the config and the manifest of an image, and record it in index.json: tagged
+    ``ref``, or untagged when ``ref`` is None. ``parent``: the image id it was made from."""
+    ref = normalize(ref) if ref else None
     config_bytes = json.dumps(config, sort_keys=True).encode()
     manifest = {
         "schemaVersion": 2,
@@ -211,32 +401,91 @@ def _store_image(ref, layer_descriptors, config):
         "layers": layer_descriptors,
     }
     manifest_bytes = json.dumps(manifest, sort_keys=True).encode()
-    descriptor = {"mediaType": MEDIA_MANIFEST, "digest": write_blob(manifest_bytes),
-                  "size": len(manifest_bytes), "annotations": {REF_ANNOTATION: ref}}
-    _update_index(ref, descriptor)
-    return find(ref)
+    digest = write_blob(manifest_bytes)
+    _edit_index(_tagged(ref, _descriptor(digest, ref, parent)))
+    return from_manifest(digest, ref or "")
+
+
+def store_manifest(ref, manifest_bytes):
+    """Record a manifest whose config and layers are in the store already (``load``, a
+    pull): its bytes are kept as they are, so that its digest stays the same."""
+    digest = write_blob(manifest_bytes)
+    ref = normalize(ref) if ref else None
+    _edit_index(_tagged(ref, _descriptor(digest, ref)))
+    return from_manifest(digest, ref or "")
+
+
+def _descriptor(manifest_digest, ref=None, parent=""):
+    """The entry of index.json for one image (and one of its tags, if ``ref``)."""
+    notes = {}
+    if ref:
+        notes[REF_ANNOTATION] = ref
+    if parent:
+        notes[PARENT_ANNOTATION] = parent
+    descriptor = {"mediaType": MEDIA_MANIFEST, "digest": manifest_digest,
+                  "size": os.path.getsize(_blob_path(manifest_digest))}
+    if notes:
+        descriptor["annotations"] = notes
+    return descriptor
+
+
+def _tagged(ref, descriptor):
+    """An index edit: add ``descriptor``; a tag moves (the image it named stays, untagged,
+    as Docker's ``<none>`` images); an untagged entry of the same image goes."""
+    def edit(manifests):
+        digest = descriptor["digest"]
+        moved = [m for m in manifests if ref and m.get("annotations", {}).get(REF_ANNOTATION) == ref]
+        kept = [m for m in manifests if m not in moved]
+        if ref:
+            kept = [m for m in kept if m["digest"] != digest or m.get("annotations", {}).get(REF_ANNOTATION)]
+        elif any(m["digest"] == digest for m in kept):
+            return kept                          # already in the store
+        for old in moved:
+            if old["digest"] != digest and not any(m["digest"] == old["digest"] for m in kept):
+                notes = {k: v for k, v in old.get("annotations", {}).items() if k != REF_ANNOTATION}
+                kept.append(dict({k: v for k, v in old.items() if k != "annotations"},
+                                 **({"annotations": notes} if notes else {})))
+        return kept + [descriptor]
+    return edit
 
 
 def untag(ref):
-    """Remove the tag ``ref`` from index.json. Blobs and unpacked layers stay: other images
-    and existing containers may share them."""
-    _update_index(normalize(ref), None)
+    """Remove the tag ``ref``. The image stays (untagged) when no other tag names it:
+    ``labtool rmi`` decides whether to delete it. Blobs and unpacked layers stay: other
+    images and existing containers may share them."""
+    ref = normalize(ref)
+
+    def edit(manifests):
+        gone = [m for m in manifests if m.get("annotations", {}).get(REF_ANNOTATION) == ref]
+        kept = [m for m in manifests if m not in gone]
+        for old in gone:
+            if not any(m["digest"] == old["digest"] for m in kept):
+                notes = {k: v for k, v in old.get("annotations", {}).items() if k != REF_ANNOTATION}
+                kept.append(dict({k: v for k, v in old.items() if k != "annotations"},
+                                 **({"annotations": notes} if notes else {})))
+        return kept
+    _edit_index(edit)
 
 
 def _update_index(ref, descriptor):
     """Point tag ``ref`` at ``descriptor`` (None: remove the tag)."""
-    import fcntl
+    if descriptor is None:
+        untag(ref)
+    else:
+        _edit_index(_tagged(normalize(ref), descriptor))
 
+
+def _edit_index(edit):
+    """Change index.json with ``edit(manifests) -> manifests``, under the store's lock, and
+    replace the file in one rename (a reader sees the old or the new index, never half)."""
     images = paths.images_dir()
     os.makedirs(images, exist_ok=True)
     with open(os.path.join(images, "oci-layout"), "w") as f:
         json.dump({"imageLayoutVersion": "1.0.0"}, f)
-    with open(os.path.join(images, ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with paths.locked(os.path.join(images, ".lock")):
         index = _read_index()
-        others = [m for m in index["manifests"] if m.get("annotations", {}).get(REF_ANNOTATION) != ref]
-        index["manifests"] = others + ([descriptor] if descriptor else [])
-        tmp = os.path.join(images, "index.json.tmp")
+        index["manifests"] = edit(index["manifests"])
+        tmp = os.path.join(images, f"index.json.{os.getpid()}.tmp")
         with open(tmp, "w") as f:
             json.dump(index, f, indent=1)
         os.replace(tmp, os.path.join(images, "index.json"))
@@ -256,3 +505,104 @@ def layer_tar(files):
             info.mtime, info.uname, info.gname = 0, "", ""
             tar.addfile(info, io.BytesIO(data) if data is not None else None)
     return buf.getvalue()
+
+
+# --- registry: pulled images in, an image's blobs out (labtool/images/registry.py) ---------
+# Kept together at the end of the module: what ``labtool pull`` and ``labtool push`` need.
+
+REPO_DIGEST_ANNOTATION = "io.labtool.repo-digest"   # the registry's digest of a pulled image
+
+
+def staging_dir():
+    """Where a pull downloads blobs before they are checked: inside the store, so that
+    moving them in is a rename on the same file system."""
+    os.makedirs(paths.images_dir(), exist_ok=True)
+    return paths.images_dir()
+
+
+def has_blob(digest):
+    return os.path.exists(_blob_path(digest))
+
+
+def repo_digest(ref):
+    """The registry digest recorded when ``ref`` was pulled, or None."""
+    ref = normalize(ref)
+    for name, descriptor in list_images():
+        if name == ref:
+            return descriptor.get("annotations", {}).get(REPO_DIGEST_ANNOTATION)
+    return None
+
+
+def _layer_tar(media_type, blob):
+    """The uncompressed tar of a layer blob, whichever compression its media type names."""
+    import gzip
+
+    if media_type.endswith("gzip") or blob[:2] == b"\x1f\x8b":
+        return gzip.decompress(blob)
+    if media_type.endswith("zstd"):
+        from labtool.errors import LabtoolError
+
+        raise LabtoolError(f"a zstd-compressed layer ({media_type}): labtool reads gzip'd and plain tar layers")
+    return blob
+
+
+def import_pulled(ref, media_type, manifest_bytes, config_bytes, blob_dir, digest, progress=None):
+    """Add a pulled image to the store, its manifest and blobs kept byte for byte (so their
+    digests stay the registry's). ``blob_dir`` holds the downloaded, already checked layer
+    blobs named by their hex digest; layers whose blob the store has are read from it.
+
+    Each layer is unpacked (and its tar checked against the config's diff id) before anything
+    is recorded; if one fails, the layers this call unpacked are removed again and the tag is
+    not written, so a failed pull leaves nothing half-made.
+    """
+    import hashlib
+    import shutil
+
+    from labtool.errors import LabtoolError
+
+    manifest = json.loads(manifest_bytes)
+    config = json.loads(config_bytes)
+    diff_ids = config.get("rootfs", {}).get("diff_ids", [])
+    if len(diff_ids) != len(manifest["layers"]):
+        raise LabtoolError(f"{ref}: the manifest has {len(manifest['layers'])} layers, its config {len(diff_ids)}")
+    made = []
+    try:
+        for layer, diff_id in zip(manifest["layers"], diff_ids):
+            downloaded = os.path.join(blob_dir, layer["digest"].split(":", 1)[1])
+            target = os.path.join(paths.layers_dir(), diff_id.split(":", 1)[1])
+            if os.path.isdir(target):
+                if progress and os.path.exists(downloaded):
+                    progress(layer["digest"])
+                continue
+            with open(downloaded if os.path.exists(downloaded) else _blob_path(layer["digest"]), "rb") as f:
+                tar_bytes = _layer_tar(layer.get("mediaType", ""), f.read())
+            if "sha256:" + hashlib.sha256(tar_bytes).hexdigest() != diff_id:
+                raise LabtoolError(f"layer {layer['digest']}: its content does not match "
+                                   f"the config's diff id {diff_id}")
+            made.append(unpack_layer(tar_bytes, diff_id))
+            if progress:
+                progress(layer["digest"])
+        for layer in manifest["layers"]:
+            downloaded = os.path.join(blob_dir, layer["digest"].split(":", 1)[1])
+            if os.path.exists(downloaded):
+                os.makedirs(os.path.dirname(_blob_path(layer["digest"])), exist_ok=True)
+                os.replace(downloaded, _blob_path(layer["digest"]))
+        write_blob(config_bytes)
+        manifest_digest = write_blob(manifest_bytes)
+    except BaseException:
+        for directory in made:
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
+    descriptor = {"mediaType": media_type, "digest": manifest_digest, "size": len(manifest_bytes),
+                  "annotations": {REF_ANNOTATION: normalize(ref), REPO_DIGEST_ANNOTATION: digest}}
+    _update_index(normalize(ref), descriptor)
+    return find(ref)
+
+
+def image_blobs(image):
+    """What pushing ``image`` sends: (manifest media type, manifest bytes as stored,
+    [config descriptor, layer descriptors...])."""
+    manifest_bytes = read_blob(image.manifest)
+    manifest = json.loads(manifest_bytes)
+    media_type = manifest.get("mediaType") or MEDIA_MANIFEST
+    return media_type, manifest_bytes, [manifest["config"]] + manifest["layers"]
