@@ -250,7 +250,8 @@ PROBES = [
     Probe("mount", "can mount (a tmpfs)", _yes_no("mkdir -p /tmp/m && mount -t tmpfs lab /tmp/m"), "06"),
     Probe("host_processes", "sees the host's processes", _yes_no('[ "$(cat /proc/1/comm)" != sh ]'), "02"),
     Probe("host_links", "sees the host's network links",
-          _yes_no("tail -n +3 /proc/net/dev | cut -d: -f1 | grep -qv '^ *lo$'"), "05"),
+          # a link besides lo and the container's own veth end (eth0@ifN: its peer is on the host)
+          _yes_no("ip -o link | grep -v -e ': lo:' -e '@if' | grep -q ."), "05"),
     Probe("netns", "network namespace",
           'if [ "$(readlink /proc/self/ns/net)" = "$HOST_NET" ]; then echo "host\'s"; else echo own; fi', "02"),
 ]

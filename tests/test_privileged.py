@@ -129,8 +129,9 @@ def test_privileged_still_has_its_own_namespaces(run):
     assert all(inside[k] != host[k] for k in ("uts", "mnt", "ipc"))
 
 
-def test_own_network_namespace_has_only_lo(run):
-    assert shell(run, "--privileged", script="tail -n +3 /proc/net/dev | cut -d: -f1").split() == ["lo"]
+def test_own_network_namespace_has_lo_and_its_eth0(run):
+    # lo, and eth0: its own end of the veth pair of step 05
+    assert shell(run, "--privileged", script="tail -n +3 /proc/net/dev | cut -d: -f1").split() == ["lo", "eth0"]
     # (labtool's own lt... links come and go with other containers on this machine: left out)
     host_links = sorted(link for link in os.listdir("/sys/class/net") if not link.startswith("lt"))
     inside = shell(run, "--privileged", "--net", "host", script="ls /sys/class/net").split()
@@ -221,7 +222,7 @@ def test_lifecycle_run_ps_logs_stop_rm(run, names, flags):
         assert int(logs["pid"]) == pid and int(logs["links"]) == len(theirs)
         assert os.readlink(f"/proc/{pid}/ns/pid") == os.readlink("/proc/self/ns/pid")
     else:
-        assert logs == {"links": "1", "pid": "1"}
+        assert logs == {"links": "2", "pid": "1"}         # lo and eth0 (step 05)
     assert run("stop", "-t", "5", name).returncode == 0
     state = json.loads(run("inspect", name).stdout)[0]["State"]
     assert (state["Status"], state["ExitCode"]) == ("exited", 3)
