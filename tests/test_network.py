@@ -372,3 +372,33 @@ def test_everything_is_gone_after_rm_and_network_rm(run, names):
     left = [n for n in os.listdir("/sys/class/net") if n == bridge or n in veth]
     assert not left
     assert not [line for line in publish.listed() if bridge in line or f"{ip}:80" in line]
+
+
+def test_publish_all_and_exposed_ports_in_ps(run, names):
+    web = names("all")
+    detached(run, web, "-P", "--expose", "80", "--expose", "9000/udp")
+    lines = run("port", web).stdout.splitlines()
+    assert [line.split(" -> ")[0] for line in lines] == ["80/tcp", "9000/udp"]
+    tcp_port = lines[0].split(":")[1]
+    assert f"0.0.0.0:{tcp_port}->80/tcp" in run("ps", "-f", f"name={web}").stdout
+    wait_for_http(run, web, "http://127.0.0.1/hostname")
+    body = urllib.request.urlopen(f"http://127.0.0.1:{tcp_port}/hostname", timeout=5).read().decode()
+    assert body.strip() == inspect(run, web)["Id"][:12]
+    p = run("port", web, "443")
+    assert p.returncode == 125 and "No public port '443/tcp' published" in p.stderr
+
+
+def test_prune_removes_only_unused_networks(run, names):
+    used, unused = f"used-{os.getpid()}", f"unused-{os.getpid()}"
+    for net in (used, unused):
+        assert run("network", "create", net).returncode == 0
+    c = names("user")
+    try:
+        assert run("create", "--name", c, "--network", used, "busybox", "true").returncode == 0
+        p = run("network", "prune", "-f")
+        assert unused in p.stdout.split() and used not in p.stdout.split()
+        listed = set(run("network", "ls").stdout.split())
+        assert {used, "bridge", "host", "none"} <= listed and unused not in listed
+    finally:
+        run("rm", "-f", c)
+        run("network", "rm", used, unused)
