@@ -29,6 +29,7 @@ running container, live.
 """
 
 import os
+import sys
 from dataclasses import dataclass, field
 
 from labtool import explain, paths
@@ -78,7 +79,7 @@ def plan(spec, image):
     if mode in ("host", "none") or mode.startswith("container:"):
         if p.bindings:
             what = "host network mode" if mode == "host" else f"--network {mode}"
-            print(f"WARNING: Published ports are discarded when using {what}", file=__import__("sys").stderr)
+            print(f"WARNING: Published ports are discarded when using {what}", file=sys.stderr)
             p.bindings = []
         if n.aliases:
             raise UsageError("network-scoped aliases are only supported for user-defined networks")
@@ -149,10 +150,13 @@ def started(c, pid):
                     address, int(prefixlen), network["IPAM"]["Config"][0]["Gateway"], endpoint["MacAddress"],
                     default_route=(n == 0))
         _update_endpoint(network, c.id, Interface=ifname)
-    p.published = firewall.container_started(c.id, p.endpoints, p.bindings, _link_records(c))
-    _attach_dns(c.id, pid, p.endpoints, p.dns)
     from labtool.engine import containers
 
+    links = _link_records(c)
+    # written down first: teardown (or rm after a crash) then knows there are rules to remove
+    containers.update_state(c.id, FirewallRules=bool(p.bindings or links))
+    p.published = firewall.container_started(c.id, p.endpoints, p.bindings, links)
+    _attach_dns(c.id, pid, p.endpoints, p.dns)
     containers.update_state(c.id, Ports=[b.to_state() for b in p.published], Exposed=p.exposed)
 
 
@@ -168,26 +172,21 @@ def cleanup(container_id):
 
 
 def _give_back(container_id):
+    from labtool.engine import containers
     from labtool.network import bridge, firewall, store
 
     found = store.endpoints_of(container_id)
-    if not found and not _state_ports(container_id):
+    state = containers.load(container_id).state
+    if not found and not state.get("Ports") and not state.get("FirewallRules"):
         return
     _detach_dns(container_id)
-    firewall.container_stopped(container_id)
+    if state.get("FirewallRules") or state.get("Ports"):
+        firewall.container_stopped(container_id)
     for network, endpoint in found:
         explain.say("network", f"netlink: ip link del {endpoint['Veth']}", "the veth pair goes (both ends)")
         bridge.remove_link(endpoint["Veth"])
         store.release(network["Id"], container_id)
-    from labtool.engine import containers
-
-    containers.update_state(container_id, Ports=[])
-
-
-def _state_ports(container_id):
-    from labtool.engine import containers
-
-    return containers.load(container_id).state.get("Ports")
+    containers.update_state(container_id, Ports=[], FirewallRules=False)
 
 
 def _on_networks(mode):

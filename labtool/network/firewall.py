@@ -27,6 +27,8 @@ def container_started(container_id, endpoints, bindings, link_records):
 
     for _, endpoint in endpoints:
         publish.set_hairpin(endpoint["Veth"])
+    if not bindings and not link_records:
+        return []                 # no rule to add (and no iptables to run: start-up stays quick)
     network, endpoint = endpoints[0]
     bridge = network["Options"]["com.docker.network.bridge.name"]
     chosen = publish.publish(container_id, bridge, endpoint["IPv4Address"].split("/")[0], bindings)
