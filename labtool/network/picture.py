@@ -13,11 +13,13 @@ import json
 import os
 
 from labtool import notebook
+from labtool.network import naming
 
 
 def state():
-    """{"networks": [{name, bridge, subnet, gateway, icc, up, containers: [{name, ip, mac, veth,
-    ports}]}]}, for every network of this labtool root."""
+    """{"networks": [{name, bridge, subnet, gateway, icc, up, veths, containers: [{name, ip, mac,
+    veth, ports}]}]}, for every network of this labtool root (``veths``: the ports the bridge has
+    on the host, from /sys/class/net/BRIDGE/brif; ``veth``: the host end that should be one)."""
     names = notebook.labtool("network", "ls", "-q", quiet=True).out.split()
     ids = [n for n in names if n not in ("host", "none")]
     networks = json.loads(notebook.labtool("network", "inspect", *ids, quiet=True).out or "[]") if ids else []
@@ -28,7 +30,7 @@ def state():
             info = json.loads(notebook.labtool("inspect", container_id, quiet=True).out or "[{}]")[0]
             ports = info.get("NetworkSettings", {}).get("Ports") or {}
             members.append({"name": endpoint["Name"], "ip": endpoint["IPv4Address"],
-                            "mac": endpoint["MacAddress"],
+                            "mac": endpoint["MacAddress"], "veth": naming.veth_for(container_id, network["Id"]),
                             "ports": [f"{b['HostIp']}:{b['HostPort']}->{key}" for key, bs in ports.items()
                                       for b in bs or []]})
         bridge = network["Options"]["com.docker.network.bridge.name"]
@@ -60,20 +62,22 @@ def draw(topology, ax=None):
         ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.05", fc=color, ec="black"))
         ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=8)
 
-    box(0.2, height - 1.1, width - 0.4, 0.8, "host: its own network namespace (eth0, routes, iptables)", "#dde8f5")
     ports = [p for n in networks for c in n["containers"] for p in c["ports"]]
-    if ports:
-        ax.text(width / 2, height - 0.15, "published: " + ", ".join(ports), ha="center", va="top", fontsize=8,
-                color="darkred")
+    host = "host: its own network namespace (eth0, routes, iptables)"
+    box(0.2, height - 1.1, width - 0.4, 0.8, host + ("\npublished: " + ", ".join(ports) if ports else ""),
+        "#dde8f5")
+    last_y = height - 2.3 - 3.2 * (len(networks) - 1)
+    ax.plot([0.3, 0.3], [height - 1.15, last_y + 0.3], color="gray", lw=1)   # the host routes to each bridge
     for row, network in enumerate(networks):
         y = height - 2.3 - 3.2 * row
         label = (f"bridge {network['bridge']} ({network['name']})  {network['gateway']}  {network['subnet']}"
                  + ("" if network["icc"] else "  icc=false"))
-        box(0.4, y, width - 0.8, 0.6, label, "#f5e6c8" if network["icc"] else "#f5c8c8")
-        ax.plot([width / 2, width / 2], [y + 0.65, height - 1.15], color="gray", lw=1)
+        box(0.5, y, width - 0.9, 0.6, label, "#f5e6c8" if network["icc"] else "#f5c8c8")
+        ax.plot([0.3, 0.5], [y + 0.3, y + 0.3], color="gray", lw=1)
         for i, c in enumerate(network["containers"]):
             x = 0.8 + 3.2 * i
             ax.plot([x + 1.3, x + 1.3], [y - 0.05, y - 1.3], color="black", lw=1.5)
-            ax.text(x + 1.35, y - 0.7, "veth pair", fontsize=7, color="gray")
+            ax.text(x + 1.4, y - 0.55, f"veth {c['veth']}", fontsize=7, color="gray")
+            ax.text(x + 1.4, y - 0.85, "(eth0 inside)", fontsize=7, color="gray")
             box(x, y - 2.4, 2.6, 1.1, f"{c['name']}\n{c['ip']}\n{c['mac']}", "#d8f0d8")
     return ax
