@@ -319,6 +319,7 @@ def _child(c, argv, env, errors_w, ready_w, go_r):
         if os.read(go_r, 1) != b"g":
             os._exit(125)                       # the parent failed; it reports why
         os.close(go_r)
+        cgroups.enter(c)                        # step 03: into its cgroup, unless the parent did it
         namespaces.settle(c, ready_w)           # first: everything else happens inside them
         os.close(ready_w)
         for step in c.steps:
