@@ -18,7 +18,6 @@ The daemon exits after ten idle minutes, when its code changes on disk (it answe
 
 import fcntl
 import gc
-import json
 import os
 import selectors
 import signal
@@ -158,9 +157,14 @@ class Daemon:
         self.last_activity = time.monotonic()
         try:
             message, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
-            request = json.loads(message)
-        except (OSError, ValueError):
+        except OSError:
             conn.close()
+            return
+        request = client.decode_request(message)
+        if request is None or len(fds) != 3:
+            conn.close()
+            for fd in fds:
+                os.close(fd)
             return
         if request.get("package") != client.package_dir() or code_stamp() != self.stamp:
             conn.send(b"stale")
