@@ -8,9 +8,10 @@ runs ``labtool.cli.main`` and exits; the daemon sends its exit code to the clien
 the client disappears (killed), the daemon kills its worker: a ``labtool run`` killed
 with -9 takes its container along, as without the daemon.
 
-A detached container's supervisor is a fork of a worker, so all supervisors share the
-daemon's memory pages (copy-on-write): an idle one costs little. ``gc.freeze()`` keeps
-the garbage collector from touching (and so copying) those pages in the children.
+A detached container's supervisor (``run -d``, ``start``) is forked by the daemon itself,
+on the worker's request (a socket pair per worker): so all supervisors share the daemon's
+memory pages (copy-on-write), and an idle one costs little. ``gc.freeze()`` keeps the
+garbage collector from touching (and so copying) those pages in the children.
 
 The daemon exits after ten idle minutes, when its code changes on disk (it answers
 "stale" and the client runs the command itself), and with ``labtool reset``.
@@ -80,7 +81,7 @@ def serve():
     with open(pid_path(), "w") as f:
         f.write(str(os.getpid()))
     _warm_up()
-    Daemon(listener, path).loop()
+    Daemon(listener, path, lock).loop()
     return 0
 
 
@@ -100,13 +101,14 @@ def _warm_up():
 
 
 class Daemon:
-    def __init__(self, listener, path):
+    def __init__(self, listener, path, lock):
         self.listener = listener
         self.path = path
+        self.lock = lock                          # our flock on labtoold.lock: one daemon per root
         self.stamp = code_stamp()
         self.sel = selectors.DefaultSelector()
         self.sel.register(listener, selectors.EVENT_READ, ("accept", None))
-        self.workers = {}                         # pidfd -> (pid, connection)
+        self.workers = {}                         # pidfd -> (pid, client connection, spawn channel)
         self.last_activity = time.monotonic()
         self.stopping = False
 
@@ -121,6 +123,8 @@ class Daemon:
                     self.reap(key.fd)
                 elif kind == "client":
                     self.client_gone(data)
+                elif kind == "spawn":
+                    self.spawn_supervisor(key.fileobj)
             if not self.workers and time.monotonic() - self.last_activity > IDLE_EXIT:
                 self.stop()
         self.close()
@@ -173,27 +177,42 @@ class Daemon:
                 os.close(fd)
             self.stop()                           # the next client starts a fresh daemon
             return
+        channel, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         pid = os.fork()
         if pid == 0:
-            self.become_worker(conn, fds, request)
+            channel.close()
+            self.become_worker(conn, fds, request, theirs)
+        theirs.close()
         for fd in fds:
             os.close(fd)
         pidfd = os.pidfd_open(pid)
-        self.workers[pidfd] = (pid, conn)
+        self.workers[pidfd] = (pid, conn, channel)
         self.sel.register(pidfd, selectors.EVENT_READ, ("exit", None))
         self.sel.register(conn, selectors.EVENT_READ, ("client", pidfd))
+        self.sel.register(channel, selectors.EVENT_READ, ("spawn", pidfd))
         conn.send(f"pid {pid}".encode())
 
-    def become_worker(self, conn, fds, request):
+    def forget(self):
+        """In a fork of the daemon: let go of everything that is the daemon's own."""
+        self.sel.close()
+        self.listener.close()
+        os.close(self.lock)                       # or a new daemon could never take it
+        for pidfd, (_, other, channel) in self.workers.items():
+            os.close(pidfd)
+            other.close()
+            channel.close()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    def become_worker(self, conn, fds, request, channel):
         code = 125
         try:
-            self.sel.close()
-            self.listener.close()
-            for pidfd, (_, other) in self.workers.items():
-                os.close(pidfd)
-                other.close()
+            self.forget()
             conn.close()
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            from labtool.engine import supervisor
+
+            supervisor.fork_from_daemon = lambda container_id, report_fd: socket.send_fds(
+                channel, [client.encode_request([container_id], os.getcwd(), os.environ, client.package_dir())],
+                [report_fd])
             for target, fd in enumerate(fds):
                 os.dup2(fd, target)
                 os.close(fd)
@@ -219,10 +238,12 @@ class Daemon:
                 os._exit(code if isinstance(code, int) else 125)
 
     def reap(self, pidfd):
-        pid, conn = self.workers.pop(pidfd)
+        pid, conn, channel = self.workers.pop(pidfd)
         self.sel.unregister(pidfd)
-        if conn.fileno() in self.sel.get_map():
-            self.sel.unregister(conn)
+        for sock in (conn, channel):
+            if sock.fileno() in self.sel.get_map():
+                self.sel.unregister(sock)
+        channel.close()
         os.close(pidfd)
         _, status = os.waitpid(pid, 0)
         code = os.waitstatus_to_exitcode(status)
@@ -236,12 +257,48 @@ class Daemon:
 
     def client_gone(self, pidfd):
         """The client closed its end (it was killed): its command dies too."""
-        pid, conn = self.workers[pidfd]
+        pid, conn, _ = self.workers[pidfd]
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         self.sel.unregister(conn)                 # (reap() comes when the worker is gone)
+
+    def spawn_supervisor(self, channel):
+        """A worker's ``run -d`` or ``start`` needs a supervisor: fork it from here.
+
+        Not from the worker: a fork shares its parent's memory pages until one side writes
+        to them (copy-on-write), and a worker has written to many while it parsed the command
+        and made the container; after it exits they would be the supervisor's own. Forked from
+        the daemon, every supervisor shares the daemon's pages with all the others, and owns
+        only what it writes itself (bench/scale.py measures it: PSS per supervisor)."""
+        try:
+            message, fds, _, _ = socket.recv_fds(channel, 1 << 20, 1)
+        except OSError:
+            message, fds = b"", []
+        for fd in fds:
+            os.set_inheritable(fd, False)         # never into the container (recv_fds drops flags)
+        request = client.decode_request(message) if message else None
+        if request is None or len(fds) != 1 or len(request["argv"]) != 1:
+            for fd in fds:
+                os.close(fd)
+            if not message:                       # the worker is gone (reap() closes the channel)
+                self.sel.unregister(channel)
+            return
+        from labtool.engine import supervisor
+
+        report_fd = fds[0]
+        if supervisor._detach() == 0:             # in the supervisor: a new session, no terminal
+            try:
+                self.forget()
+                os.chdir(request["cwd"])
+                os.environ.clear()
+                os.environ.update(request["env"])
+            except BaseException as e:            # noqa: BLE001 - the worker says why
+                os.write(report_fd, f"err 125 {e}".encode())
+                os._exit(125)
+            supervisor.supervise(request["argv"][0], report_fd)
+        os.close(report_fd)
 
 
 if __name__ == "__main__":

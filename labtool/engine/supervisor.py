@@ -389,22 +389,20 @@ def run_attached(spec):
     return code
 
 
+# Set in the labtool daemon's workers (engine/daemon.py): ``fork_from_daemon(container_id,
+# report_fd)`` asks the daemon to fork the supervisor, so that it shares the daemon's memory.
+fork_from_daemon = None
+
+
 def spawn(container_id):
     """Start a supervisor for an existing container in the background (``start``, ``run -d``);
     return once the container runs, or raise why it could not start."""
     report_r, report_w = os.pipe2(os.O_CLOEXEC)
-    if _detach() == 0:
+    if fork_from_daemon is not None:
+        fork_from_daemon(container_id, report_w)
+    elif _detach() == 0:
         os.close(report_r)
-        code = 125
-        try:
-            c = runtime.load(container_id)
-            code = Supervisor(c, report_fd=report_w).run()
-        except BaseException as e:       # noqa: BLE001 - the caller learns it through the pipe
-            try:
-                os.write(report_w, f"err 125 {e}".encode())
-            except OSError:
-                pass
-        os._exit(code & 0xFF)
+        supervise(container_id, report_w)
     os.close(report_w)
     answer = b""
     while chunk := os.read(report_r, 4096):
@@ -418,4 +416,19 @@ def spawn(container_id):
 
     raise {"126": CommandNotExecutable, "127": CommandNotFound}.get(code, LabtoolError)(
         message or "the supervisor ended before the container started")
+
+
+def supervise(container_id, report_fd):
+    """In a detached process: supervise the container until it is done for good, then exit.
+    Whether it started goes to ``report_fd`` ("ok", or "err CODE MESSAGE")."""
+    code = 125
+    try:
+        c = runtime.load(container_id)
+        code = Supervisor(c, report_fd=report_fd).run()
+    except BaseException as e:       # noqa: BLE001 - the caller learns it through the pipe
+        try:
+            os.write(report_fd, f"err 125 {e}".encode())
+        except OSError:
+            pass
+    os._exit(code & 0xFF)
 
