@@ -58,3 +58,52 @@ def test_a_killed_client_takes_its_container_along(labtool_root):
     finally:
         daemon_run("rm", "-f", "dclient")
         daemon_run("system", "stop-daemon")
+
+
+def _ppid(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def _state(labtool_root, container_id):
+    import json
+
+    with open(os.path.join(labtool_root, "lib", "containers", container_id, "state.json")) as f:
+        return json.load(f)
+
+
+def test_detached_supervisors_are_forked_by_the_zygote_and_the_container_is_their_child(labtool_root):
+    try:
+        p = daemon_run("run", "-d", "busybox", "sleep", "30")
+        assert p.returncode == 0, p.stderr
+        cid = p.stdout.strip()
+        with open(os.path.join(labtool_root, "run", "labtoold.pid")) as f:
+            daemon = int(f.read())
+        zygotes = [int(pid) for pid in os.listdir("/proc") if pid.isdigit() and _ppid_or_0(int(pid)) == daemon]
+        assert len(zygotes) == 1                       # the daemon's one child while no command runs
+        state = _state(labtool_root, cid)
+        supervisor, container = state["SupervisorPid"], state["Pid"]
+        assert _ppid(container) == supervisor           # made by a starter, with clone(CLONE_PARENT)
+        assert not [pid for pid in os.listdir("/proc") if pid.isdigit() and _ppid_or_0(int(pid)) == supervisor
+                    and int(pid) != container]          # the starter is gone
+        assert daemon_run("rm", "-f", cid).returncode == 0
+    finally:
+        daemon_run("system", "stop-daemon")
+    assert not os.path.exists(f"/proc/{zygotes[0]}")     # it ends with the daemon
+
+
+def _ppid_or_0(pid):
+    try:
+        return _ppid(pid)
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def test_a_request_is_encoded_and_decoded_whole():
+    from labtool import client
+
+    env = {"A": "1", "B": "x=y", "EMPTY": ""}
+    data = client.encode_request(["run", "-e", "K=V", "busybox", "sh", "-c", "echo 'a b'"], "/tmp", env, "/pkg")
+    assert client.decode_request(data) == {"package": "/pkg", "cwd": "/tmp", "env": env,
+                                           "argv": ["run", "-e", "K=V", "busybox", "sh", "-c", "echo 'a b'"]}
+    assert client.decode_request(b"something else") is None

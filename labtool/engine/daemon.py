@@ -81,7 +81,8 @@ def serve():
     with open(pid_path(), "w") as f:
         f.write(str(os.getpid()))
     _warm_up()
-    Daemon(listener, path, lock).loop()
+    zygote = start_zygote(listener, lock)
+    Daemon(listener, path, lock, zygote).loop()
     return 0
 
 
@@ -100,11 +101,66 @@ def _warm_up():
     gc.freeze()
 
 
+def start_zygote(listener, lock):
+    """Fork the *zygote* (the name comes from Android, whose apps are forks of one warm
+    process): a copy of the daemon, warm but idle, that forks the detached containers'
+    supervisors. Why not the daemon itself: every page the daemon writes after a fork
+    (and it keeps working: requests, workers) stops being shared with that fork, and
+    becomes memory the fork alone holds. The zygote writes next to nothing between forks.
+    It ends when the daemon closes its end of the socket. Returns (pid, socket)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    pid = os.fork()
+    if pid:
+        theirs.close()
+        return pid, ours
+    from labtool.engine import supervisor
+
+    try:
+        ours.close()
+        listener.close()
+        os.close(lock)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        while True:
+            message, fds, _, _ = socket.recv_fds(theirs, 1 << 20, 1)
+            if not message:
+                break                             # the daemon is gone
+            for fd in fds:
+                os.set_inheritable(fd, False)     # never into the container (recv_fds drops flags)
+            request = client.decode_request(message)
+            if request and len(fds) == 1 and len(request["argv"]) == 1 and supervisor._detach() == 0:
+                theirs.close()
+                become_supervisor(request, fds[0])
+            for fd in fds:
+                os.close(fd)
+    finally:
+        os._exit(0)
+
+
+def become_supervisor(request, report_fd):
+    """In a fork of the daemon or the zygote: supervise the container the request names."""
+    from labtool.engine import supervisor
+
+    try:
+        os.chdir(request["cwd"])
+        # the worker's environment (LABTOOL_STORAGE, ...), changing only what differs: every
+        # string and table written here would be memory this supervisor holds on its own
+        for key in [key for key in os.environ if key not in request["env"]]:
+            del os.environ[key]
+        for key, value in request["env"].items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
+    except BaseException as e:                    # noqa: BLE001 - the worker says why
+        os.write(report_fd, f"err 125 {e}".encode())
+        os._exit(125)
+    supervisor.supervise(request["argv"][0], report_fd)
+
+
 class Daemon:
-    def __init__(self, listener, path, lock):
+    def __init__(self, listener, path, lock, zygote=(0, None)):
         self.listener = listener
         self.path = path
         self.lock = lock                          # our flock on labtoold.lock: one daemon per root
+        self.zygote_pid, self.zygote = zygote     # (see start_zygote)
         self.stamp = code_stamp()
         self.sel = selectors.DefaultSelector()
         self.sel.register(listener, selectors.EVENT_READ, ("accept", None))
@@ -151,6 +207,10 @@ class Daemon:
             self.listener.close()
 
     def close(self):
+        if self.zygote is not None:               # its end of the socket reads EOF: it exits
+            self.zygote.close()
+            os.waitpid(self.zygote_pid, 0)
+            self.zygote = None
         try:
             os.unlink(pid_path())
         except FileNotFoundError:
@@ -197,6 +257,8 @@ class Daemon:
         self.sel.close()
         self.listener.close()
         os.close(self.lock)                       # or a new daemon could never take it
+        if self.zygote is not None:
+            self.zygote.close()
         for pidfd, (_, other, channel) in self.workers.items():
             os.close(pidfd)
             other.close()
@@ -285,19 +347,20 @@ class Daemon:
             if not message:                       # the worker is gone (reap() closes the channel)
                 self.sel.unregister(channel)
             return
+        report_fd = fds[0]
+        if self.zygote is not None:
+            try:
+                socket.send_fds(self.zygote, [message], [report_fd])
+                os.close(report_fd)
+                return
+            except OSError:                       # the zygote is gone: fork it from here
+                self.zygote.close()
+                self.zygote = None
         from labtool.engine import supervisor
 
-        report_fd = fds[0]
         if supervisor._detach() == 0:             # in the supervisor: a new session, no terminal
-            try:
-                self.forget()
-                os.chdir(request["cwd"])
-                os.environ.clear()
-                os.environ.update(request["env"])
-            except BaseException as e:            # noqa: BLE001 - the worker says why
-                os.write(report_fd, f"err 125 {e}".encode())
-                os._exit(125)
-            supervisor.supervise(request["argv"][0], report_fd)
+            self.forget()
+            become_supervisor(request, report_fd)
         os.close(report_fd)
 
 

@@ -29,7 +29,7 @@ import signal
 import socket
 import time
 
-from labtool import runtime
+from labtool import paths, process, runtime
 from labtool.engine import containers, logs
 from labtool.errors import LabtoolError, UsageError
 
@@ -131,7 +131,7 @@ class Supervisor:
         self.started = False
         ours, theirs, stdin = self._stdio()
         try:
-            pid = runtime.start(c, theirs)
+            pid = self._start(theirs)
         except LabtoolError as e:
             self._report(f"err {e.exit_code} {e}")
             self.error = e
@@ -145,7 +145,8 @@ class Supervisor:
         if self.console is not None:
             ours, stdin = self._receive_console(ours)
         log = logs.Writer(c.dir)
-        if not runtime.wait_for_exec(c):        # "ok" only once the command really runs
+        problem = runtime.wait_for_exec(c) if c.errors_r >= 0 else c.exec_error
+        if not problem:                         # "ok" only once the command really runs
             self._report("ok")
             self.started = True
         try:
@@ -155,12 +156,61 @@ class Supervisor:
             for fd in ours:
                 os.close(fd)
         _, status = os.waitpid(pid, 0)
+        if not self.attached:
+            runtime.recover(c)                  # what the starter prepared, undone from here
         try:
             return runtime.finish(c, status)
         except LabtoolError as e:
             self._report(f"err {e.exit_code} {e}")
             self.error = e
             return e.exit_code
+
+    def _start(self, stdio):
+        """Start the container; its pid. ``labtool run`` (attached) does it itself. A detached
+        supervisor lets a *starter* do it: a fork of itself that prepares every step, makes
+        the container with clone(CLONE_PARENT), so that the container is the supervisor's
+        child, not its own (``syscalls.fork_sibling``), waits for the command's execve and
+        exits. Why: preparing the steps writes to many memory pages (a fork's pages are shared
+        until written), and the supervisor idles for as long as its container runs; the
+        starter's pages go with it (bench/scale.py: PSS per supervisor)."""
+        if self.attached:
+            return runtime.start(self.c, stdio)
+        c = self.c
+        report_r, report_w = os.pipe2(os.O_CLOEXEC)
+        starter = os.fork()
+        if starter == 0:
+            os.close(report_r)
+            try:
+                full = runtime.load(c.id)              # (the supervisor keeps only a sketch)
+                full.console_fd, full.console_size = c.console_fd, c.console_size
+                pid = runtime.start(full, stdio, sibling=True)
+                message = f"pid {pid} {runtime.wait_for_exec(full)}"
+            except LabtoolError as e:
+                message = f"err {e.exit_code} {e}"
+            except BaseException as e:           # noqa: BLE001 - the supervisor says it
+                message = f"err 125 {type(e).__name__}: {e}"
+            os.write(report_w, message.encode())
+            os._exit(0)
+        os.close(report_w)
+        answer = b""
+        while chunk := os.read(report_r, 4096):
+            answer += chunk
+        os.close(report_r)
+        os.waitpid(starter, 0)
+        word, _, rest = answer.decode().partition(" ")
+        if word == "pid":
+            pid, _, c.exec_error = rest.partition(" ")
+            c.pid, c.errors_r = int(pid), -1
+            process.forward_signals(c.pid)       # as runtime.start does: like docker's sig-proxy
+            return c.pid
+        _reap_strays()                           # a container killed half-made, if any
+        code, _, message = rest.partition(" ")
+        from labtool.errors import CommandNotExecutable, CommandNotFound
+
+        error = {"126": CommandNotExecutable, "127": CommandNotFound}.get(code, LabtoolError)(
+            message or "the container's starter ended without a word")
+        error.exit_code = int(code) if code.isdigit() else 125
+        raise error
 
     def _receive_console(self, ours):
         """The master end of the container's terminal, sent by the container (see runtime)."""
@@ -259,6 +309,15 @@ class Supervisor:
             os.write(self.report_fd, message.encode())
             os.close(self.report_fd)
             self.report_fd = None
+
+
+def _reap_strays():
+    """Wait for children that have ended and that nobody waits for."""
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+    except ChildProcessError:
+        pass
 
 
 def _read(fd):
@@ -418,13 +477,26 @@ def spawn(container_id):
         message or "the supervisor ended before the container started")
 
 
+def sketch(container_id):
+    """The container as an idle supervisor needs to know it: a ``runtime.Container`` made
+    from its config.json alone. ``runtime.load`` would also find the image and plan the
+    namespaces and capabilities, writing to many memory pages: the starter does that."""
+    from labtool.spec import from_dict
+
+    here = paths.container_dir(container_id)
+    spec = from_dict(containers.read_json(os.path.join(here, "config.json")))
+    steps = runtime.active_steps(spec.upto)
+    new_mnt = {"mnt": None} if any(step.name == "namespaces" for step in steps) else {}
+    return runtime.Container(spec=spec, image=None, id=container_id, dir=here, rootfs=os.path.join(here, "rootfs"),
+                             steps=steps, namespaces=new_mnt)
+
+
 def supervise(container_id, report_fd):
     """In a detached process: supervise the container until it is done for good, then exit.
     Whether it started goes to ``report_fd`` ("ok", or "err CODE MESSAGE")."""
     code = 125
     try:
-        c = runtime.load(container_id)
-        code = Supervisor(c, report_fd=report_fd).run()
+        code = Supervisor(sketch(container_id), report_fd=report_fd).run()
     except BaseException as e:       # noqa: BLE001 - the caller learns it through the pipe
         try:
             os.write(report_fd, f"err 125 {e}".encode())
