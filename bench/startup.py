@@ -4,8 +4,8 @@ Measures the wall time, from our fork to the command's exit, of running ``/bin/t
 the busybox image with:
 
     labtool   ``labtool run --rm [--network none] busybox true`` of this checkout, run the
-              way the installed ``labtool`` command runs it (its console script:
-              ``python -c "from labtool.client import main; ..."``), with the venv
+              way the installed ``labtool`` command runs it (/usr/local/bin/labtool:
+              ``python -IS``, the checkout first on sys.path, ``labtool.client.main``), with the venv
               interpreter that ``make lab`` installs (/opt/labtool/venv/bin/python, when
               it exists) and with the interpreter running this script, in the default
               mode (the command is a process of its own that does everything);
@@ -175,9 +175,12 @@ def labtool_env(root, pycache):
     return env
 
 
-# What the installed ``labtool`` command runs (the console script pip writes for
-# ``labtool.client:main``), spelled out so that it runs this checkout's labtool.
-CONSOLE_SCRIPT = "import sys; from labtool.client import main; sys.exit(main())"
+# What the installed ``labtool`` command runs (/usr/local/bin/labtool, written by
+# vagrant/provision.sh from labtool.client.LAUNCHER): python -I -S (isolated, no site), this
+# checkout's package put first on the path. (-I ignores PYTHON* variables: the bytecode goes
+# to the checkout's __pycache__, as ``make lab``'s compileall puts it there too.)
+def launcher_argv(python):
+    return [python, "-IS", "-c", f"import sys; sys.path.insert(0, {REPO!r}); from labtool.client import main; main()"]
 
 
 def labtool_commands(interpreters, env, network_flag):
@@ -185,11 +188,11 @@ def labtool_commands(interpreters, env, network_flag):
     and one with the venv's interpreter through the labtool daemon (LABTOOL_DAEMON=1)."""
     args = ["run", "--rm"] + (["--network", "none"] if network_flag else []) + ["busybox", "true"]
     note = "every step labtool has (--upto full, the default)"
-    commands = [Command(label, [python, "-c", CONSOLE_SCRIPT] + args, env=env, cwd=REPO,
+    commands = [Command(label, launcher_argv(python) + args, env=env, cwd=REPO,
                         note=note + "; in-process (the default)")
                 for label, python in interpreters]
     label, python = interpreters[0]
-    commands.append(Command(label.replace("labtool", "labtool daemon", 1), [python, "-c", CONSOLE_SCRIPT] + args,
+    commands.append(Command(label.replace("labtool", "labtool daemon", 1), launcher_argv(python) + args,
                             env=dict(env, LABTOOL_DAEMON="1"), cwd=REPO,
                             note=note + "; LABTOOL_DAEMON=1: a thin client, a warm daemon forks a worker"))
     return commands
