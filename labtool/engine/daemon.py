@@ -31,13 +31,23 @@ from labtool import client, paths
 IDLE_EXIT = 600.0
 
 
-def code_stamp():
+def code_files():
+    """labtool's modules and the directories they are in (a new module changes its directory)."""
+    found = []
+    for dirpath, dirs, files in os.walk(client.package_dir()):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        found += [dirpath] + [os.path.join(dirpath, name) for name in files if name.endswith(".py")]
+    return found
+
+
+def code_stamp(files=None):
     """Changes when any labtool module changes: a daemon must not run yesterday's code."""
     stamp = 0
-    for dirpath, _dirs, files in os.walk(client.package_dir()):
-        for name in files:
-            if name.endswith(".py"):
-                stamp = max(stamp, os.stat(os.path.join(dirpath, name)).st_mtime_ns)
+    for path in files or code_files():
+        try:
+            stamp = max(stamp, os.stat(path).st_mtime_ns)
+        except FileNotFoundError:
+            stamp = -1                            # a module went away: that is a change too
     return stamp
 
 
@@ -136,19 +146,23 @@ def start_zygote(listener, lock):
         os._exit(0)
 
 
+def adopt_environment(env):
+    """Make ``os.environ`` the client's ``env``, changing only what differs (most often
+    nothing): each setenv costs time, and in a supervisor, memory of its own."""
+    for key in [key for key in os.environ if key not in env]:
+        del os.environ[key]
+    for key, value in env.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
+
+
 def become_supervisor(request, report_fd):
     """In a fork of the daemon or the zygote: supervise the container the request names."""
     from labtool.engine import supervisor
 
     try:
         os.chdir(request["cwd"])
-        # the worker's environment (LABTOOL_STORAGE, ...), changing only what differs: every
-        # string and table written here would be memory this supervisor holds on its own
-        for key in [key for key in os.environ if key not in request["env"]]:
-            del os.environ[key]
-        for key, value in request["env"].items():
-            if os.environ.get(key) != value:
-                os.environ[key] = value
+        adopt_environment(request["env"])         # the worker's (LABTOOL_STORAGE=vfs, ...)
     except BaseException as e:                    # noqa: BLE001 - the worker says why
         os.write(report_fd, f"err 125 {e}".encode())
         os._exit(125)
@@ -161,15 +175,18 @@ class Daemon:
         self.path = path
         self.lock = lock                          # our flock on labtoold.lock: one daemon per root
         self.zygote_pid, self.zygote = zygote     # (see start_zygote)
-        self.stamp = code_stamp()
+        self.files = code_files()
+        self.stamp = code_stamp(self.files)
         self.sel = selectors.DefaultSelector()
         self.sel.register(listener, selectors.EVENT_READ, ("accept", None))
         self.workers = {}                         # pidfd -> (pid, client connection, spawn channel)
+        self.spare = None                         # a worker forked ahead: (pid, hand-over socket, channel)
         self.last_activity = time.monotonic()
         self.stopping = False
 
     def loop(self):
         signal.signal(signal.SIGTERM, lambda *_: self.stop())
+        self.spare = self.fork_spare()
         while not (self.stopping and not self.workers):
             for key, _ in self.sel.select(timeout=1):
                 kind, data = key.data
@@ -207,7 +224,13 @@ class Daemon:
             self.listener.close()
 
     def close(self):
-        if self.zygote is not None:               # its end of the socket reads EOF: it exits
+        if self.spare is not None:                # its end of the socket reads EOF: it exits
+            pid, handover, channel = self.spare
+            handover.close()
+            channel.close()
+            os.waitpid(pid, 0)
+            self.spare = None
+        if self.zygote is not None:               # the same
             self.zygote.close()
             os.waitpid(self.zygote_pid, 0)
             self.zygote = None
@@ -230,27 +253,68 @@ class Daemon:
             for fd in fds:
                 os.close(fd)
             return
-        if request.get("package") != client.package_dir() or code_stamp() != self.stamp:
+        if request.get("package") != client.package_dir() or code_stamp(self.files) != self.stamp:
             conn.send(b"stale")
             conn.close()
             for fd in fds:
                 os.close(fd)
             self.stop()                           # the next client starts a fresh daemon
             return
-        channel, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-        pid = os.fork()
-        if pid == 0:
-            channel.close()
-            self.become_worker(conn, fds, request, theirs)
-        theirs.close()
-        for fd in fds:
-            os.close(fd)
+        try:
+            pid, channel = self.hand_over(message, fds)
+        except OSError:
+            conn.send(b"stale")                   # (the client runs the command itself)
+            conn.close()
+            return
+        finally:
+            for fd in fds:
+                os.close(fd)
         pidfd = os.pidfd_open(pid)
         self.workers[pidfd] = (pid, conn, channel)
         self.sel.register(pidfd, selectors.EVENT_READ, ("exit", None))
         self.sel.register(conn, selectors.EVENT_READ, ("client", pidfd))
         self.sel.register(channel, selectors.EVENT_READ, ("spawn", pidfd))
         conn.send(f"pid {pid}".encode())
+        self.spare = self.fork_spare()            # the next one, while this one works
+
+    def fork_spare(self):
+        """A worker forked ahead of time, waiting for the next command: forking the daemon
+        takes a millisecond, better spent before the command comes. It takes the request
+        and the client's stdio on its socket (or ends when that closes)."""
+        handover, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        channel, channel_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:
+            handover.close()
+            channel.close()
+            self.forget()
+            try:
+                message, fds, _, _ = socket.recv_fds(theirs, 1 << 20, 3)
+            except OSError:
+                message, fds = b"", []
+            theirs.close()
+            request = client.decode_request(message) if message else None
+            if request is None or len(fds) != 3:
+                os._exit(0)                       # the daemon is gone
+            self.become_worker(fds, request, channel_theirs)
+        theirs.close()
+        channel_theirs.close()
+        return pid, handover, channel
+
+    def hand_over(self, message, fds):
+        """Give the request to the spare worker: (its pid, its spawn channel)."""
+        for _attempt in range(2):
+            pid, handover, channel = self.spare or self.fork_spare()
+            self.spare = None
+            try:
+                socket.send_fds(handover, [message], fds)
+                return pid, channel
+            except OSError:                       # it died meanwhile: another one
+                channel.close()
+                os.waitpid(pid, 0)
+            finally:
+                handover.close()
+        raise OSError("labtool daemon: no worker takes the request")
 
     def forget(self):
         """In a fork of the daemon: let go of everything that is the daemon's own."""
@@ -259,17 +323,19 @@ class Daemon:
         os.close(self.lock)                       # or a new daemon could never take it
         if self.zygote is not None:
             self.zygote.close()
+        if self.spare is not None:
+            self.spare[1].close()
+            self.spare[2].close()
         for pidfd, (_, other, channel) in self.workers.items():
             os.close(pidfd)
             other.close()
             channel.close()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
-    def become_worker(self, conn, fds, request, channel):
+    def become_worker(self, fds, request, channel):
+        """In a spare worker (``forget`` done): run the command with the client's stdio."""
         code = 125
         try:
-            self.forget()
-            conn.close()
             from labtool.engine import supervisor
 
             supervisor.fork_from_daemon = lambda container_id, report_fd: socket.send_fds(
@@ -279,8 +345,7 @@ class Daemon:
                 os.dup2(fd, target)
                 os.close(fd)
             os.chdir(request["cwd"])
-            os.environ.clear()
-            os.environ.update(request["env"])
+            adopt_environment(request["env"])
             sys.argv = ["labtool", *request["argv"]]
             sys.stdin = open(0, closefd=False)
             sys.stdout = open(1, "w", closefd=False)
