@@ -9,11 +9,11 @@ your environment; the client relays your signals (Ctrl-C) to it and exits with i
 
 Why: a Python program that imports a container runtime takes tens of milliseconds just
 to start; forking a warm one takes one. So this module imports as little as it can: not
-even ``socket``, ``signal`` or ``json`` (with the ``enum``, ``selectors`` and ``re`` they
-pull in, 13 ms on the lab's machine, as long as the container's whole start), but their
-C cores ``_socket`` and ``_signal``; the request is plain NUL-separated text; and once the
-answer is in, the client leaves with ``os._exit`` (an interpreter's orderly shutdown
-costs a few more ms, and a client has nothing to clean up).
+even ``os``, ``socket``, ``signal`` or ``json`` (with the ``enum``, ``selectors`` and ``re``
+they pull in, 14 ms on the lab's machine: more than runc needs for a whole container), but
+their C cores ``posix``, ``_socket`` and ``_signal``; the request is plain NUL-separated
+bytes; and once the answer is in, the client leaves with ``_exit`` (an interpreter's orderly
+shutdown costs a few more ms, and a client has nothing to clean up).
 
 The ``labtool`` command that ``make lab`` installs (/usr/local/bin/labtool, written by
 vagrant/provision.sh from ``LAUNCHER``) starts Python with ``-I -S``: no site-packages
@@ -28,11 +28,11 @@ the daemon itself, a daemon that cannot be started), the command runs in this pr
 (``labtool.cli.main``).
 """
 
-import os
 import sys
 
 import _signal
 import _socket
+import posix                      # what ``os`` is made of, on Linux: os.fork is posix.fork
 
 IN_PROCESS = {"reset", "system", "notebooks"}
 # The installed ``labtool`` command: {python} the venv's, {repo} the checkout (provision.sh).
@@ -49,16 +49,24 @@ REQUEST = b"labtool-request-1"         # the first field of a request: its forma
 
 def run_dir():
     """``labtool.paths.run_dir()``, repeated here: importing ``paths`` costs a millisecond."""
-    root = os.environ.get("LABTOOL_ROOT")
-    return os.path.join(root, "run") if root else "/run/labtool"
+    root = posix.environ.get(b"LABTOOL_ROOT")
+    return root.decode() + "/run" if root else "/run/labtool"
 
 
 def socket_path():
-    return os.path.join(run_dir(), "labtoold.sock")
+    return run_dir() + "/labtoold.sock"
 
 
 def package_dir():
-    return os.path.dirname(os.path.abspath(__file__))
+    """This package's directory, as an absolute path without "." or ".." (os.path.abspath)."""
+    path = __file__ if __file__.startswith("/") else posix.getcwd() + "/" + __file__
+    parts = []
+    for part in path.split("/")[:-1]:
+        if part == "..":
+            parts = parts[:-1]
+        elif part not in ("", "."):
+            parts.append(part)
+    return "/" + "/".join(parts)
 
 
 def main(argv=None):
@@ -72,12 +80,12 @@ def main(argv=None):
         sys.stderr.flush()
     except OSError:                              # (a closed pipe: nothing more to say)
         pass
-    os._exit(code if isinstance(code, int) else 0)
+    posix._exit(code if isinstance(code, int) else 0)
 
 
 def run(argv):
     """Through the daemon when it is asked for and can be had, else here; the exit code."""
-    if os.environ.get("LABTOOL_DAEMON") != "1" or os.geteuid() != 0 or not argv or argv[0] in IN_PROCESS:
+    if posix.environ.get(b"LABTOOL_DAEMON") != b"1" or posix.geteuid() != 0 or not argv or argv[0] in IN_PROCESS:
         return in_process(argv)
     conn = connect()
     if conn is None:
@@ -123,6 +131,8 @@ def connect(start=True):
 
 def start_daemon():
     """Start ``python -m labtool.engine.daemon`` in the background (it leaves our session)."""
+    import os
+
     os.makedirs(run_dir(), mode=0o700, exist_ok=True)
     pid = os.fork()
     if pid:
@@ -140,19 +150,23 @@ def start_daemon():
         os._exit(127)
 
 
+def _bytes(text):
+    return text if isinstance(text, bytes) else text.encode("utf-8", "surrogateescape")   # (os.fsencode)
+
+
 def encode_request(argv, cwd, env, package):
     """One datagram: the format's name, the package, the directory, the number of
     arguments, the arguments, then KEY=VALUE for each environment variable, all
     separated by NUL (the one byte none of them can hold)."""
-    fields = [REQUEST, os.fsencode(package), os.fsencode(cwd), b"%d" % len(argv)]
-    fields += [os.fsencode(a) for a in argv]
-    fields += [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in env.items()]
+    fields = [REQUEST, _bytes(package), _bytes(cwd), b"%d" % len(argv)]
+    fields += [_bytes(a) for a in argv]
+    fields += [_bytes(k) + b"=" + _bytes(v) for k, v in env.items()]
     return b"\0".join(fields)
 
 
 def decode_request(data):
     """The daemon's side of ``encode_request``: {"package", "cwd", "argv", "env"}, or None."""
-    fields = [os.fsdecode(f) for f in data.split(b"\0")]
+    fields = [f.decode("utf-8", "surrogateescape") for f in data.split(b"\0")]
     if len(fields) < 4 or fields[0] != REQUEST.decode() or not fields[3].isdigit():
         return None
     count = int(fields[3])
@@ -164,7 +178,7 @@ def decode_request(data):
 def ask(conn, argv):
     """Send the request with our stdio; relay signals; return the worker's exit code (None:
     run the command here after all)."""
-    request = encode_request(argv, os.getcwd(), os.environ, package_dir())
+    request = encode_request(argv, posix.getcwdb(), posix.environ, package_dir())
     fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2))     # an array of C ints
     conn.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
     while True:
@@ -185,7 +199,7 @@ def relay_signals(pid):
     """Like ``process.forward_signals``, with ``_signal`` (no ``signal`` module: see above)."""
     def relay(signum, _frame):
         try:
-            os.kill(pid, signum)
+            posix.kill(pid, signum)
         except ProcessLookupError:
             pass
     for sig in RELAYED:
