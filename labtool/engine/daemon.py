@@ -1,20 +1,25 @@
 """The labtool daemon: a warm process that runs labtool commands for the client.
 
 Like dockerd, it listens on a unix socket that only root may use
-(``/run/labtool/labtoold.sock``). For each request it forks a *worker*: the fork has
-every module loaded and the command-line parser built, so the command starts at once.
-The worker takes the client's stdin, stdout and stderr, directory and environment,
-runs ``labtool.cli.main`` and exits; the daemon sends its exit code to the client. If
-the client disappears (killed), the daemon kills its worker: a ``labtool run`` killed
-with -9 takes its container along, as without the daemon.
+(``/run/labtool/labtoold.sock``). Each request goes to a *worker*: a fork of the daemon,
+made ahead of time (a spare waits for the next request), with every module loaded and
+the command-line parser built, so the command starts at once. The worker takes the
+client's stdin, stdout and stderr, directory and environment, runs ``labtool.cli.main``,
+tells the client its exit code and exits (the daemon would tell it too, from the exit
+status). If the client disappears (killed), the daemon kills its worker: a ``labtool
+run`` killed with -9 takes its container along, as without the daemon.
 
-A detached container's supervisor (``run -d``, ``start``) is forked by the daemon itself,
-on the worker's request (a socket pair per worker): so all supervisors share the daemon's
-memory pages (copy-on-write), and an idle one costs little. ``gc.freeze()`` keeps the
-garbage collector from touching (and so copying) those pages in the children.
+A detached container's supervisor (``run -d``, ``start``) is forked by the *zygote*, an
+idle copy of the daemon, on the worker's request (a socket pair per worker): so all
+supervisors share the same memory pages (copy-on-write), and an idle one costs little
+(see ``start_zygote`` and engine/supervisor.py). ``gc.freeze()`` keeps the garbage
+collector from touching (and so copying) those pages in the children.
 
-The daemon exits after ten idle minutes, when its code changes on disk (it answers
-"stale" and the client runs the command itself), and with ``labtool reset``.
+Processes, as ``ps`` shows them (all ``python -m labtool.engine.daemon``): the daemon;
+its children the zygote, a spare worker and a worker per running command. All of them
+end with the daemon, which exits after ten idle minutes, when its code changes on disk
+(it answers "stale" and the client runs the command itself), and with ``labtool reset``
+or ``labtool system stop-daemon``.
 """
 
 import fcntl
@@ -261,7 +266,7 @@ class Daemon:
             self.stop()                           # the next client starts a fresh daemon
             return
         try:
-            pid, channel = self.hand_over(message, fds)
+            pid, channel = self.hand_over(message, fds + [conn.fileno()])
         except OSError:
             conn.send(b"stale")                   # (the client runs the command itself)
             conn.close()
@@ -289,14 +294,14 @@ class Daemon:
             channel.close()
             self.forget()
             try:
-                message, fds, _, _ = socket.recv_fds(theirs, 1 << 20, 3)
+                message, fds, _, _ = socket.recv_fds(theirs, 1 << 20, 4)
             except OSError:
                 message, fds = b"", []
             theirs.close()
             request = client.decode_request(message) if message else None
-            if request is None or len(fds) != 3:
+            if request is None or len(fds) != 4:
                 os._exit(0)                       # the daemon is gone
-            self.become_worker(fds, request, channel_theirs)
+            self.become_worker(fds[:3], request, channel_theirs, socket.socket(fileno=fds[3]))
         theirs.close()
         channel_theirs.close()
         return pid, handover, channel
@@ -332,10 +337,13 @@ class Daemon:
             channel.close()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
-    def become_worker(self, fds, request, channel):
-        """In a spare worker (``forget`` done): run the command with the client's stdio."""
+    def become_worker(self, fds, request, channel, conn):
+        """In a spare worker (``forget`` done): run the command with the client's stdio, and
+        tell the client (``conn``) its exit code when done, as the daemon would after us:
+        the client is gone a moment sooner."""
         code = 125
         try:
+            os.set_inheritable(conn.fileno(), False)
             from labtool.engine import supervisor
 
             supervisor.fork_from_daemon = lambda container_id, report_fd: socket.send_fds(
@@ -358,11 +366,15 @@ class Daemon:
         except BaseException as e:                # noqa: BLE001 - one line, never a traceback
             print(f"labtool: {type(e).__name__}: {e}", file=sys.stderr)
         finally:
+            code = code if isinstance(code, int) else 125
             try:
                 sys.stdout.flush()
                 sys.stderr.flush()
+                conn.send(f"exit {code & 0xFF}".encode())
+            except OSError:
+                pass
             finally:
-                os._exit(code if isinstance(code, int) else 125)
+                os._exit(code)
 
     def reap(self, pidfd):
         pid, conn, channel = self.workers.pop(pidfd)

@@ -74,11 +74,12 @@ class Supervisor:
         self.started = False
         self.console = None                          # -t: the socket the terminal comes on
 
-    def run(self):
-        """Supervise until the container is done for good; return its last exit code."""
+    def run(self, recorded=False):
+        """Supervise until the container is done for good; return its last exit code.
+        ``recorded``: state.json names this process as the supervisor already."""
         c = self.c
-        containers.update_state(c.id, SupervisorPid=os.getpid(),
-                                SupervisorStartTime=containers.pid_start_time(os.getpid()))
+        if not recorded:
+            containers.update_state(c.id, **supervisor_fields())
         delay = FIRST_DELAY
         while True:
             began = time.monotonic()
@@ -100,8 +101,7 @@ class Supervisor:
                 if _detach() != 0:
                     return code
                 self.attached = False
-                containers.update_state(c.id, SupervisorPid=os.getpid(),
-                                        SupervisorStartTime=containers.pid_start_time(os.getpid()))
+                containers.update_state(c.id, **supervisor_fields())
             delay = FIRST_DELAY if time.monotonic() - began >= GOOD_RUN else delay
             if not self._sleep(delay):
                 break
@@ -436,13 +436,18 @@ def _read_nonblocking(fd):
 
 # --- the entry points ------------------------------------------------------------------
 
+def supervisor_fields():
+    """This process, as state.json names a container's supervisor."""
+    return {"SupervisorPid": os.getpid(), "SupervisorStartTime": containers.pid_start_time(os.getpid())}
+
+
 def run_attached(spec):
     """``labtool run`` without -d: create the container and supervise it from here."""
     from labtool.engine import lifecycle
 
-    c = lifecycle.create(spec)
+    c = lifecycle.create(spec, **supervisor_fields())    # one write of state.json fewer
     supervisor = Supervisor(c, attached=True)
-    code = supervisor.run()
+    code = supervisor.run(recorded=True)
     if supervisor.error is not None and code in (125, 126, 127):
         raise supervisor.error            # "exec: ...: not found" and friends, as one line
     return code
