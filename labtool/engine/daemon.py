@@ -174,6 +174,15 @@ def become_supervisor(request, report_fd):
     supervisor.supervise(request["argv"][0], report_fd)
 
 
+def _tell(conn, message):
+    """Send a client one message; a client that is gone is no error (it was killed, or it
+    has its exit code already)."""
+    try:
+        conn.send(message)
+    except OSError:
+        pass
+
+
 class Daemon:
     def __init__(self, listener, path, lock, zygote=(0, None)):
         self.listener = listener
@@ -194,6 +203,8 @@ class Daemon:
         self.spare = self.fork_spare()
         while not (self.stopping and not self.workers):
             for key, _ in self.sel.select(timeout=1):
+                if self.sel.get_map().get(key.fd) is not key:
+                    continue                      # gone with an earlier event of this round
                 kind, data = key.data
                 if kind == "accept":
                     self.accept()
@@ -259,7 +270,7 @@ class Daemon:
                 os.close(fd)
             return
         if request.get("package") != client.package_dir() or code_stamp(self.files) != self.stamp:
-            conn.send(b"stale")
+            _tell(conn, b"stale")
             conn.close()
             for fd in fds:
                 os.close(fd)
@@ -268,7 +279,7 @@ class Daemon:
         try:
             pid, channel = self.hand_over(message, fds + [conn.fileno()])
         except OSError:
-            conn.send(b"stale")                   # (the client runs the command itself)
+            _tell(conn, b"stale")                 # (the client runs the command itself)
             conn.close()
             return
         finally:
@@ -279,7 +290,7 @@ class Daemon:
         self.sel.register(pidfd, selectors.EVENT_READ, ("exit", None))
         self.sel.register(conn, selectors.EVENT_READ, ("client", pidfd))
         self.sel.register(channel, selectors.EVENT_READ, ("spawn", pidfd))
-        conn.send(f"pid {pid}".encode())
+        _tell(conn, f"pid {pid}".encode())       # (a quick command: the client may be gone)
         self.spare = self.fork_spare()            # the next one, while this one works
 
     def fork_spare(self):
@@ -395,7 +406,8 @@ class Daemon:
         self.last_activity = time.monotonic()
 
     def client_gone(self, pidfd):
-        """The client closed its end (it was killed): its command dies too."""
+        """The client closed its end: it was killed (its command dies too), or it has the
+        exit code from the worker, which is ending anyway."""
         pid, conn, _ = self.workers[pidfd]
         try:
             os.kill(pid, signal.SIGKILL)
