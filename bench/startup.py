@@ -194,7 +194,7 @@ def labtool_commands(interpreters, env, network_flag):
     label, python = interpreters[0]
     commands.append(Command(label.replace("labtool", "labtool daemon", 1), launcher_argv(python) + args,
                             env=dict(env, LABTOOL_DAEMON="1"), cwd=REPO,
-                            note=note + "; LABTOOL_DAEMON=1: a thin client, a warm daemon forks a worker"))
+                            note=note + "; LABTOOL_DAEMON=1: a thin client, a warm daemon's spare worker runs it"))
     return commands
 
 
@@ -383,7 +383,8 @@ def main():
             print(f"bytecode: as the environment says (PYTHONDONTWRITEBYTECODE="
                   f"{os.environ.get('PYTHONDONTWRITEBYTECODE', '')!r})")
         else:
-            print("bytecode: cached in the temp directory (PYTHONPYCACHEPREFIX), like an installed labtool")
+            print("bytecode: cached (the client, python -IS: in the checkout's __pycache__, as `make lab` "
+                  "compiles it; the daemon: in the temp directory, PYTHONPYCACHEPREFIX)")
         if network:
             print("labtool: `run --network` is supported: measuring with --network none")
         else:
