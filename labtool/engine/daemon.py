@@ -174,6 +174,21 @@ def become_supervisor(request, report_fd):
     supervisor.supervise(request["argv"][0], report_fd)
 
 
+def _rehearse():
+    """In a spare worker, while it waits: parse a typical command and plan its container,
+    writing nothing anywhere. The memory pages this touches are copied now (copy-on-write,
+    a page fault each), not while a command waits."""
+    from labtool import capabilities, cli, namespaces, runtime
+
+    try:
+        spec = cli._spec(cli.PARSER.parse_args(["run", "--rm", "-e", "A=1", "busybox", "true"]))
+        runtime.active_steps(spec.upto)
+        namespaces.plan(spec, lambda name, kind: 0)
+        capabilities.plan(spec.capabilities)
+    except Exception:                             # noqa: BLE001 - only a rehearsal
+        pass
+
+
 def _tell(conn, message):
     """Send a client one message; a client that is gone is no error (it was killed, or it
     has its exit code already)."""
@@ -304,6 +319,7 @@ class Daemon:
             handover.close()
             channel.close()
             self.forget()
+            _rehearse()
             try:
                 message, fds, _, _ = socket.recv_fds(theirs, 1 << 20, 4)
             except OSError:
