@@ -156,14 +156,15 @@ class Supervisor:
             for fd in ours:
                 os.close(fd)
         _, status = os.waitpid(pid, 0)
-        if not self.attached:
-            runtime.recover(c)                  # what the starter prepared, undone from here
+        done = c if self.attached else _for_teardown(c)    # (the starter prepared it)
         try:
-            return runtime.finish(c, status)
+            return runtime.finish(done, status)
         except LabtoolError as e:
             self._report(f"err {e.exit_code} {e}")
             self.error = e
             return e.exit_code
+        finally:
+            c.oom_killed = done.oom_killed
 
     def _start(self, stdio):
         """Start the container; its pid. ``labtool run`` (attached) does it itself. A detached
@@ -309,6 +310,19 @@ class Supervisor:
             os.write(self.report_fd, message.encode())
             os.close(self.report_fd)
             self.report_fd = None
+
+
+def _for_teardown(sketch):
+    """The container as its starter had it, for the supervisor to undo the steps' host work:
+    loaded again (or the sketch, if that fails: its image is gone, say), with what the steps
+    left on the host found again (``runtime.recover``)."""
+    try:
+        c = runtime.load(sketch.id)
+    except Exception:                            # noqa: BLE001 - the sketch will do
+        c = sketch
+    c.pid, c.errors_r, c.exec_error = sketch.pid, -1, sketch.exec_error
+    runtime.recover(c)
+    return c
 
 
 def _reap_strays():
