@@ -3,9 +3,15 @@
 Measures the wall time, from our fork to the command's exit, of running ``/bin/true`` in
 the busybox image with:
 
-    labtool   ``python -m labtool run --rm [--network none] busybox true``, once with the
-              venv interpreter that ``make lab`` installs (/opt/labtool/venv/bin/python,
-              when it exists) and once with the interpreter running this script
+    labtool   ``labtool run --rm [--network none] busybox true`` of this checkout, run the
+              way the installed ``labtool`` command runs it (/usr/local/bin/labtool:
+              ``python -IS``, the checkout first on sys.path, ``labtool.client.main``), with the venv
+              interpreter that ``make lab`` installs (/opt/labtool/venv/bin/python, when
+              it exists) and with the interpreter running this script, in the default
+              mode (the command is a process of its own that does everything);
+              and once more with the venv's interpreter and ``LABTOOL_DAEMON=1``: a thin
+              client hands the command to the warm labtool daemon (engine/daemon.py).
+              The table says which line is which mode.
     runc      ``runc run`` of an OCI bundle whose rootfs is a copy of the same image layer
               (runc's default namespaces: pid, network, ipc, uts, mount)
     crun      the same bundle, only if crun is installed and works as it is
@@ -130,7 +136,7 @@ class Command:
             unset = [k for k in UNSET_FOR_LABTOOL if k in os.environ and k not in self.env]
             env = "".join(f"-u {k} " for k in unset)
             env += " ".join(f"{k}={shlex.quote(self.env[k])}" for k in
-                            ("LABTOOL_ROOT", "PYTHONPATH", "PYTHONPYCACHEPREFIX") if k in self.env)
+                            ("LABTOOL_ROOT", "LABTOOL_DAEMON", "PYTHONPATH", "PYTHONPYCACHEPREFIX") if k in self.env)
             env = f"env {env} "
         where = f"(cd {shlex.quote(self.cwd)} && " if self.cwd else ""
         return f"{where}{env}{shlex.join(self.argv)}{')' if where else ''}"
@@ -169,11 +175,27 @@ def labtool_env(root, pycache):
     return env
 
 
+# What the installed ``labtool`` command runs (/usr/local/bin/labtool, written by
+# vagrant/provision.sh from labtool.client.LAUNCHER): python -I -S (isolated, no site), this
+# checkout's package put first on the path. (-I ignores PYTHON* variables: the bytecode goes
+# to the checkout's __pycache__, as ``make lab``'s compileall puts it there too.)
+def launcher_argv(python):
+    return [python, "-IS", "-c", f"import sys; sys.path.insert(0, {REPO!r}); from labtool.client import main; main()"]
+
+
 def labtool_commands(interpreters, env, network_flag):
+    """One command per interpreter in the default mode (each command a process of its own),
+    and one with the venv's interpreter through the labtool daemon (LABTOOL_DAEMON=1)."""
     args = ["run", "--rm"] + (["--network", "none"] if network_flag else []) + ["busybox", "true"]
     note = "every step labtool has (--upto full, the default)"
-    return [Command(label, [python, "-m", "labtool"] + args, env=env, cwd=REPO, note=note)
-            for label, python in interpreters]
+    commands = [Command(label, launcher_argv(python) + args, env=env, cwd=REPO,
+                        note=note + "; in-process (the default)")
+                for label, python in interpreters]
+    label, python = interpreters[0]
+    commands.append(Command(label.replace("labtool", "labtool daemon", 1), launcher_argv(python) + args,
+                            env=dict(env, LABTOOL_DAEMON="1"), cwd=REPO,
+                            note=note + "; LABTOOL_DAEMON=1: a thin client, a warm daemon's spare worker runs it"))
+    return commands
 
 
 def supports_network_flag(python, env):
@@ -249,7 +271,9 @@ def measure(commands, warmup, runs):
     print(file=sys.stderr)
 
 
-def report(commands, by_label, default_labtool):
+def report(commands, by_label, quoted):
+    """The table, then for each ``quoted`` labtool (the installed one, in each mode) its
+    ratios and the verdict on the target: no slower than runc, the goal half of it."""
     runc, floor = by_label.get("runc"), by_label.get("floor")
     base = {name: percentiles(c.samples)[0] for name, c in (("runc", runc), ("floor", floor)) if c}
     width = max(len(c.label) for c in commands) + 2
@@ -257,13 +281,20 @@ def report(commands, by_label, default_labtool):
     for c in commands:
         median, p10, p90 = percentiles(c.samples)
         ratios = "".join(f"{median / base[n]:>9.2f}" if n in base else f"{'-':>9}" for n in ("runc", "floor"))
-        mark = " *" if c is default_labtool else ""
+        mark = " *" if c in quoted else ""
         print(f"{c.label + mark:<{width}}{median:>10.1f}{p10:>9.1f}{p90:>9.1f}{ratios}")
-    print("\n* the labtool that `make lab` installs; its ratios are the ones to quote:")
-    median = percentiles(default_labtool.samples)[0]
-    for name in ("runc", "floor"):
-        if name in base:
-            print(f"  labtool/{name} = {median:.1f} / {base[name]:.1f} ms = {median / base[name]:.2f}")
+    print("\n* the labtool that `make lab` installs, in each mode; its ratios are the ones to quote:")
+    for c in quoted:
+        median = percentiles(c.samples)[0]
+        print(f"  {c.label}:")
+        for name in ("runc", "floor"):
+            if name in base:
+                print(f"    labtool/{name} = {median:.1f} / {base[name]:.1f} ms = {median / base[name]:.2f}")
+        if "runc" in base:
+            ratio = median / base["runc"]
+            verdict = "goal met (half of runc's time or less)" if ratio <= 0.5 else \
+                "target met (no slower than runc); the goal is 0.5" if ratio <= 1.0 else "target NOT met"
+            print(f"    target (issues 2 and 6): ratio <= 1.0, goal 0.5: {verdict}")
     print("\nexact command lines:")
     for c in commands:
         print(f"  {c.label}: {c.shown()}" + (f"   [{c.note}]" if c.note else ""))
@@ -352,7 +383,8 @@ def main():
             print(f"bytecode: as the environment says (PYTHONDONTWRITEBYTECODE="
                   f"{os.environ.get('PYTHONDONTWRITEBYTECODE', '')!r})")
         else:
-            print("bytecode: cached in the temp directory (PYTHONPYCACHEPREFIX), like an installed labtool")
+            print("bytecode: cached (the client, python -IS: in the checkout's __pycache__, as `make lab` "
+                  "compiles it; the daemon: in the temp directory, PYTHONPYCACHEPREFIX)")
         if network:
             print("labtool: `run --network` is supported: measuring with --network none")
         else:
@@ -386,7 +418,7 @@ def main():
         commands.append(floor)
 
         measure(commands, a.warmup, runs)
-        report(commands, {c.label: c for c in commands}, labtools[0])
+        report(commands, {c.label: c for c in commands}, [labtools[0], labtools[-1]])
         ok = True
     except Failed as e:
         print(f"\nbench/startup.py: a command failed, no numbers:\n{e}", file=sys.stderr)

@@ -77,10 +77,11 @@ def plan(spec, donor_pid):
     return result
 
 
-def fork_into(namespaces):
+def fork_into(namespaces, sibling=False):
     """Fork a child that lives in the given namespaces; return its pid (0 in the child).
 
     ``namespaces`` maps a kind to None (make a new one) or to a /proc/PID/ns path (join).
+    ``sibling``: the child's parent is our parent (``syscalls.fork_sibling``).
 
     The PID namespace is special: neither unshare(CLONE_NEWPID) nor setns moves the
     caller; they decide where the caller's *next child* goes, and a child in a new one is
@@ -99,7 +100,7 @@ def fork_into(namespaces):
                if namespaces["pid"] is None else "the next child joins that PID namespace")
     pid = -1
     try:
-        pid = os.fork()
+        pid = syscalls.fork_sibling() if sibling else os.fork()
     finally:
         if parent_does_pid and pid != 0:
             _enter("pid", "/proc/self/ns/pid", None)     # step back: our next children are on the host

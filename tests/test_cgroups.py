@@ -129,6 +129,29 @@ def test_the_cgroup_is_gone_after_the_container(run, labtool_root, names):
     assert not os.path.exists(os.path.join("/sys/fs/cgroup/memory/labtool", cid))
 
 
+def test_the_child_is_in_its_cgroup_having_moved_itself_there_on_v1(run, names, labtool_root):
+    """v1: the child writes 0 into each tasks file (no RCU wait); with --userns, and on v2,
+    the parent writes its pid into cgroup.procs (or systemd makes the scope around it)."""
+    v1 = cgroups.backend().version == "v1"
+    for flags in ([], ["--userns"]):
+        name = names("joined")
+        p = run("run", "-d", "--name", name, "--explain", *flags, "busybox", "sleep", "30")
+        assert p.returncode == 0, p.stderr
+        cid = _container_id(labtool_root, name)
+        with open(os.path.join(labtool_root, "lib", "containers", cid, "state.json")) as f:
+            pid = json.load(f)["Pid"]
+        assert pid in cgroups.find(cid).pids()
+    moves = [line for line in run("run", "--rm", "--explain", "busybox", "true").stderr.splitlines()
+             if line.startswith("[cgroups] write ") and ("/tasks" in line or "/cgroup.procs" in line)]
+    if v1:
+        assert moves and "write 0 > " in moves[0] and "/tasks " in moves[0]
+    else:
+        assert not any("/tasks" in m for m in moves)
+    moves = [line for line in run("run", "--rm", "--explain", "--userns", "busybox", "true").stderr.splitlines()
+             if line.startswith("[cgroups] write ") and "/tasks" in line]
+    assert not moves
+
+
 def test_container_sees_its_own_cgroup_as_root(run):
     p = run("run", "--rm", "busybox", "cat", "/proc/self/cgroup")
     assert all(line.endswith(":/") for line in p.stdout.splitlines()), p.stdout

@@ -313,3 +313,17 @@ def test_ps_command_column_quotes_arguments_with_spaces_as_docker(run, names):
     run("create", "--name", name, "busybox", "sh", "-c", "echo hi; sleep 5")
     assert "\"sh -c 'echo hi; sle…\"" in ps_line(run, name)
     assert "\"sh -c 'echo hi; sleep 5'\"" in run("ps", "-a", "--no-trunc").stdout
+
+
+def test_a_detached_container_is_the_child_of_its_supervisor(run, names, labtool_root):
+    """Its starter made it with clone(CLONE_PARENT) and is gone; the supervisor reaps it."""
+    name = names("child")
+    assert run("run", "-d", "--name", name, "busybox", "sleep", "30").returncode == 0
+    record = inspect(run, name)
+    with open(os.path.join(labtool_root, "lib", "containers", record["Id"], "state.json")) as f:
+        supervisor = json.load(f)["SupervisorPid"]
+    with open(f"/proc/{record['State']['Pid']}/stat") as f:
+        assert int(f.read().rsplit(")", 1)[1].split()[1]) == supervisor
+    assert run("kill", name).returncode == 0
+    until(lambda: inspect(run, name)["State"]["Status"] == "exited")
+    assert inspect(run, name)["State"]["ExitCode"] == 137

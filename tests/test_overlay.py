@@ -60,6 +60,14 @@ def test_root_is_an_overlay_of_the_image_layers(run, names):
     assert os.listdir(s["UpperDir"]) == []                          # no changes yet
 
 
+def test_only_a_run_rm_upper_layer_is_volatile(run, names):
+    """--rm: overlayfs never syncs what the container wrote (it is deleted at the end)."""
+    p = run("run", "--rm", "busybox", "grep", " / ", "/proc/mounts")
+    assert p.returncode == 0 and p.stdout.startswith("overlay / overlay") and "volatile" in p.stdout, p
+    p = run("run", "--name", names("keep"), "busybox", "grep", " / ", "/proc/mounts")
+    assert p.returncode == 0 and p.stdout.startswith("overlay / overlay") and "volatile" not in p.stdout, p
+
+
 def test_copy_up_lands_in_the_upperdir_and_the_image_stays_as_it_was(run, names):
     layer = image_layers()[0]
     before = snapshot(layer)

@@ -89,7 +89,14 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
         --config-settings editable_mode=compat -e "$REPO" 2>/dev/null
     echo "$want" > "$stamp"
 fi
-[ "$(readlink /usr/local/bin/labtool)" = "$VENV/bin/labtool" ] || ln -sf "$VENV/bin/labtool" /usr/local/bin/labtool
+# /usr/local/bin/labtool: the client started lean, python -IS (labtool/client.py, LAUNCHER)
+launcher=$("$VENV/bin/python" -c 'import sys; sys.path.insert(0, sys.argv[2]); from labtool.client import LAUNCHER
+print(LAUNCHER.format(python=sys.argv[1], repo=sys.argv[2]), end="")' "$VENV/bin/python3" "$REPO")
+if [ "$(cat /usr/local/bin/labtool 2>/dev/null)" != "$launcher" ]; then
+    rm -f /usr/local/bin/labtool
+    printf '%s\n' "$launcher" > /usr/local/bin/labtool
+    chmod 755 /usr/local/bin/labtool
+fi
 # Byte-compile labtool now: where PYTHONDONTWRITEBYTECODE is set, every start would compile it again.
 "$VENV/bin/python" -m compileall -q "$REPO/labtool" >/dev/null
 

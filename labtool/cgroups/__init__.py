@@ -234,8 +234,22 @@ def started(c, pid):
     cgroup = c.cgroup
     cgroup.create(pid, c.spec.resources)
     cgroup.apply(c.spec.resources, privileged.device_rules(c, devices.rules_for(c.devices)))
+    if joins_itself(c):
+        return                                 # the child moves itself in: see ``enter``
     if pid not in cgroup.pids():
         cgroup.add(pid)
+
+
+def joins_itself(c):
+    """Can the child move itself into its cgroup (v1's ``tasks``, see ``v1.Cgroup.add_self``)?
+    Not as root of a new user namespace: that root is an unprivileged user on the host."""
+    return hasattr(c.cgroup, "add_self") and not (c.namespaces.get("user", 0) is None)
+
+
+def enter(c):
+    """In the child, once the parent made its cgroup, before its cgroup namespace: go in."""
+    if c.cgroup is not None and joins_itself(c):
+        c.cgroup.add_self()
 
 
 def teardown(c):

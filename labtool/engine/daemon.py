@@ -1,24 +1,29 @@
 """The labtool daemon: a warm process that runs labtool commands for the client.
 
 Like dockerd, it listens on a unix socket that only root may use
-(``/run/labtool/labtoold.sock``). For each request it forks a *worker*: the fork has
-every module loaded and the command-line parser built, so the command starts at once.
-The worker takes the client's stdin, stdout and stderr, directory and environment,
-runs ``labtool.cli.main`` and exits; the daemon sends its exit code to the client. If
-the client disappears (killed), the daemon kills its worker: a ``labtool run`` killed
-with -9 takes its container along, as without the daemon.
+(``/run/labtool/labtoold.sock``). Each request goes to a *worker*: a fork of the daemon,
+made ahead of time (a spare waits for the next request), with every module loaded and
+the command-line parser built, so the command starts at once. The worker takes the
+client's stdin, stdout and stderr, directory and environment, runs ``labtool.cli.main``,
+tells the client its exit code and exits (the daemon would tell it too, from the exit
+status). If the client disappears (killed), the daemon kills its worker: a ``labtool
+run`` killed with -9 takes its container along, as without the daemon.
 
-A detached container's supervisor is a fork of a worker, so all supervisors share the
-daemon's memory pages (copy-on-write): an idle one costs little. ``gc.freeze()`` keeps
-the garbage collector from touching (and so copying) those pages in the children.
+A detached container's supervisor (``run -d``, ``start``) is forked by the *zygote*, an
+idle copy of the daemon, on the worker's request (a socket pair per worker): so all
+supervisors share the same memory pages (copy-on-write), and an idle one costs little
+(see ``start_zygote`` and engine/supervisor.py). ``gc.freeze()`` keeps the garbage
+collector from touching (and so copying) those pages in the children.
 
-The daemon exits after ten idle minutes, when its code changes on disk (it answers
-"stale" and the client runs the command itself), and with ``labtool reset``.
+Processes, as ``ps`` shows them (all ``python -m labtool.engine.daemon``): the daemon;
+its children the zygote, a spare worker and a worker per running command. All of them
+end with the daemon, which exits after ten idle minutes, when its code changes on disk
+(it answers "stale" and the client runs the command itself), and with ``labtool reset``
+or ``labtool system stop-daemon``.
 """
 
 import fcntl
 import gc
-import json
 import os
 import selectors
 import signal
@@ -31,13 +36,23 @@ from labtool import client, paths
 IDLE_EXIT = 600.0
 
 
-def code_stamp():
+def code_files():
+    """labtool's modules and the directories they are in (a new module changes its directory)."""
+    found = []
+    for dirpath, dirs, files in os.walk(client.package_dir()):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        found += [dirpath] + [os.path.join(dirpath, name) for name in files if name.endswith(".py")]
+    return found
+
+
+def code_stamp(files=None):
     """Changes when any labtool module changes: a daemon must not run yesterday's code."""
     stamp = 0
-    for dirpath, _dirs, files in os.walk(client.package_dir()):
-        for name in files:
-            if name.endswith(".py"):
-                stamp = max(stamp, os.stat(os.path.join(dirpath, name)).st_mtime_ns)
+    for path in files or code_files():
+        try:
+            stamp = max(stamp, os.stat(path).st_mtime_ns)
+        except FileNotFoundError:
+            stamp = -1                            # a module went away: that is a change too
     return stamp
 
 
@@ -81,7 +96,8 @@ def serve():
     with open(pid_path(), "w") as f:
         f.write(str(os.getpid()))
     _warm_up()
-    Daemon(listener, path).loop()
+    zygote = start_zygote(listener, lock)
+    Daemon(listener, path, lock, zygote).loop()
     return 0
 
 
@@ -100,21 +116,110 @@ def _warm_up():
     gc.freeze()
 
 
+def start_zygote(listener, lock):
+    """Fork the *zygote* (the name comes from Android, whose apps are forks of one warm
+    process): a copy of the daemon, warm but idle, that forks the detached containers'
+    supervisors. Why not the daemon itself: every page the daemon writes after a fork
+    (and it keeps working: requests, workers) stops being shared with that fork, and
+    becomes memory the fork alone holds. The zygote writes next to nothing between forks.
+    It ends when the daemon closes its end of the socket. Returns (pid, socket)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    pid = os.fork()
+    if pid:
+        theirs.close()
+        return pid, ours
+    from labtool.engine import supervisor
+
+    try:
+        ours.close()
+        listener.close()
+        os.close(lock)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        while True:
+            message, fds, _, _ = socket.recv_fds(theirs, 1 << 20, 1)
+            if not message:
+                break                             # the daemon is gone
+            for fd in fds:
+                os.set_inheritable(fd, False)     # never into the container (recv_fds drops flags)
+            request = client.decode_request(message)
+            if request and len(fds) == 1 and len(request["argv"]) == 1 and supervisor._detach() == 0:
+                theirs.close()
+                become_supervisor(request, fds[0])
+            for fd in fds:
+                os.close(fd)
+    finally:
+        os._exit(0)
+
+
+def adopt_environment(env):
+    """Make ``os.environ`` the client's ``env``, changing only what differs (most often
+    nothing): each setenv costs time, and in a supervisor, memory of its own."""
+    for key in [key for key in os.environ if key not in env]:
+        del os.environ[key]
+    for key, value in env.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
+
+
+def become_supervisor(request, report_fd):
+    """In a fork of the daemon or the zygote: supervise the container the request names."""
+    from labtool.engine import supervisor
+
+    try:
+        os.chdir(request["cwd"])
+        adopt_environment(request["env"])         # the worker's (LABTOOL_STORAGE=vfs, ...)
+    except BaseException as e:                    # noqa: BLE001 - the worker says why
+        os.write(report_fd, f"err 125 {e}".encode())
+        os._exit(125)
+    supervisor.supervise(request["argv"][0], report_fd)
+
+
+def _rehearse():
+    """In a spare worker, while it waits: parse a typical command and plan its container,
+    writing nothing anywhere. The memory pages this touches are copied now (copy-on-write,
+    a page fault each), not while a command waits."""
+    from labtool import capabilities, cli, namespaces, runtime
+
+    try:
+        spec = cli._spec(cli.PARSER.parse_args(["run", "--rm", "-e", "A=1", "busybox", "true"]))
+        runtime.active_steps(spec.upto)
+        namespaces.plan(spec, lambda name, kind: 0)
+        capabilities.plan(spec.capabilities)
+    except Exception:                             # noqa: BLE001 - only a rehearsal
+        pass
+
+
+def _tell(conn, message):
+    """Send a client one message; a client that is gone is no error (it was killed, or it
+    has its exit code already)."""
+    try:
+        conn.send(message)
+    except OSError:
+        pass
+
+
 class Daemon:
-    def __init__(self, listener, path):
+    def __init__(self, listener, path, lock, zygote=(0, None)):
         self.listener = listener
         self.path = path
-        self.stamp = code_stamp()
+        self.lock = lock                          # our flock on labtoold.lock: one daemon per root
+        self.zygote_pid, self.zygote = zygote     # (see start_zygote)
+        self.files = code_files()
+        self.stamp = code_stamp(self.files)
         self.sel = selectors.DefaultSelector()
         self.sel.register(listener, selectors.EVENT_READ, ("accept", None))
-        self.workers = {}                         # pidfd -> (pid, connection)
+        self.workers = {}                         # pidfd -> (pid, client connection, spawn channel)
+        self.spare = None                         # a worker forked ahead: (pid, hand-over socket, channel)
         self.last_activity = time.monotonic()
         self.stopping = False
 
     def loop(self):
         signal.signal(signal.SIGTERM, lambda *_: self.stop())
+        self.spare = self.fork_spare()
         while not (self.stopping and not self.workers):
             for key, _ in self.sel.select(timeout=1):
+                if self.sel.get_map().get(key.fd) is not key:
+                    continue                      # gone with an earlier event of this round
                 kind, data = key.data
                 if kind == "accept":
                     self.accept()
@@ -122,6 +227,8 @@ class Daemon:
                     self.reap(key.fd)
                 elif kind == "client":
                     self.client_gone(data)
+                elif kind == "spawn":
+                    self.spawn_supervisor(key.fileobj)
             if not self.workers and time.monotonic() - self.last_activity > IDLE_EXIT:
                 self.stop()
         self.close()
@@ -148,6 +255,16 @@ class Daemon:
             self.listener.close()
 
     def close(self):
+        if self.spare is not None:                # its end of the socket reads EOF: it exits
+            pid, handover, channel = self.spare
+            handover.close()
+            channel.close()
+            os.waitpid(pid, 0)
+            self.spare = None
+        if self.zygote is not None:               # the same
+            self.zygote.close()
+            os.waitpid(self.zygote_pid, 0)
+            self.zygote = None
         try:
             os.unlink(pid_path())
         except FileNotFoundError:
@@ -158,44 +275,112 @@ class Daemon:
         self.last_activity = time.monotonic()
         try:
             message, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
-            request = json.loads(message)
-        except (OSError, ValueError):
+        except OSError:
             conn.close()
             return
-        if request.get("package") != client.package_dir() or code_stamp() != self.stamp:
-            conn.send(b"stale")
+        request = client.decode_request(message)
+        if request is None or len(fds) != 3:
+            conn.close()
+            for fd in fds:
+                os.close(fd)
+            return
+        if request.get("package") != client.package_dir() or code_stamp(self.files) != self.stamp:
+            _tell(conn, b"stale")
             conn.close()
             for fd in fds:
                 os.close(fd)
             self.stop()                           # the next client starts a fresh daemon
             return
-        pid = os.fork()
-        if pid == 0:
-            self.become_worker(conn, fds, request)
-        for fd in fds:
-            os.close(fd)
+        try:
+            pid, channel = self.hand_over(message, fds + [conn.fileno()])
+        except OSError:
+            _tell(conn, b"stale")                 # (the client runs the command itself)
+            conn.close()
+            return
+        finally:
+            for fd in fds:
+                os.close(fd)
         pidfd = os.pidfd_open(pid)
-        self.workers[pidfd] = (pid, conn)
+        self.workers[pidfd] = (pid, conn, channel)
         self.sel.register(pidfd, selectors.EVENT_READ, ("exit", None))
         self.sel.register(conn, selectors.EVENT_READ, ("client", pidfd))
-        conn.send(f"pid {pid}".encode())
+        self.sel.register(channel, selectors.EVENT_READ, ("spawn", pidfd))
+        _tell(conn, f"pid {pid}".encode())       # (a quick command: the client may be gone)
+        self.spare = self.fork_spare()            # the next one, while this one works
 
-    def become_worker(self, conn, fds, request):
+    def fork_spare(self):
+        """A worker forked ahead of time, waiting for the next command: forking the daemon
+        takes a millisecond, better spent before the command comes. It takes the request
+        and the client's stdio on its socket (or ends when that closes)."""
+        handover, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        channel, channel_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:
+            handover.close()
+            channel.close()
+            self.forget()
+            _rehearse()
+            try:
+                message, fds, _, _ = socket.recv_fds(theirs, 1 << 20, 4)
+            except OSError:
+                message, fds = b"", []
+            theirs.close()
+            request = client.decode_request(message) if message else None
+            if request is None or len(fds) != 4:
+                os._exit(0)                       # the daemon is gone
+            self.become_worker(fds[:3], request, channel_theirs, socket.socket(fileno=fds[3]))
+        theirs.close()
+        channel_theirs.close()
+        return pid, handover, channel
+
+    def hand_over(self, message, fds):
+        """Give the request to the spare worker: (its pid, its spawn channel)."""
+        for _attempt in range(2):
+            pid, handover, channel = self.spare or self.fork_spare()
+            self.spare = None
+            try:
+                socket.send_fds(handover, [message], fds)
+                return pid, channel
+            except OSError:                       # it died meanwhile: another one
+                channel.close()
+                os.waitpid(pid, 0)
+            finally:
+                handover.close()
+        raise OSError("labtool daemon: no worker takes the request")
+
+    def forget(self):
+        """In a fork of the daemon: let go of everything that is the daemon's own."""
+        self.sel.close()
+        self.listener.close()
+        os.close(self.lock)                       # or a new daemon could never take it
+        if self.zygote is not None:
+            self.zygote.close()
+        if self.spare is not None:
+            self.spare[1].close()
+            self.spare[2].close()
+        for pidfd, (_, other, channel) in self.workers.items():
+            os.close(pidfd)
+            other.close()
+            channel.close()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    def become_worker(self, fds, request, channel, conn):
+        """In a spare worker (``forget`` done): run the command with the client's stdio, and
+        tell the client (``conn``) its exit code when done, as the daemon would after us:
+        the client is gone a moment sooner."""
         code = 125
         try:
-            self.sel.close()
-            self.listener.close()
-            for pidfd, (_, other) in self.workers.items():
-                os.close(pidfd)
-                other.close()
-            conn.close()
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.set_inheritable(conn.fileno(), False)
+            from labtool.engine import supervisor
+
+            supervisor.fork_from_daemon = lambda container_id, report_fd: socket.send_fds(
+                channel, [client.encode_request([container_id], os.getcwd(), os.environ, client.package_dir())],
+                [report_fd])
             for target, fd in enumerate(fds):
                 os.dup2(fd, target)
                 os.close(fd)
             os.chdir(request["cwd"])
-            os.environ.clear()
-            os.environ.update(request["env"])
+            adopt_environment(request["env"])
             sys.argv = ["labtool", *request["argv"]]
             sys.stdin = open(0, closefd=False)
             sys.stdout = open(1, "w", closefd=False)
@@ -208,17 +393,23 @@ class Daemon:
         except BaseException as e:                # noqa: BLE001 - one line, never a traceback
             print(f"labtool: {type(e).__name__}: {e}", file=sys.stderr)
         finally:
+            code = code if isinstance(code, int) else 125
             try:
                 sys.stdout.flush()
                 sys.stderr.flush()
+                conn.send(f"exit {code & 0xFF}".encode())
+            except OSError:
+                pass
             finally:
-                os._exit(code if isinstance(code, int) else 125)
+                os._exit(code)
 
     def reap(self, pidfd):
-        pid, conn = self.workers.pop(pidfd)
+        pid, conn, channel = self.workers.pop(pidfd)
         self.sel.unregister(pidfd)
-        if conn.fileno() in self.sel.get_map():
-            self.sel.unregister(conn)
+        for sock in (conn, channel):
+            if sock.fileno() in self.sel.get_map():
+                self.sel.unregister(sock)
+        channel.close()
         os.close(pidfd)
         _, status = os.waitpid(pid, 0)
         code = os.waitstatus_to_exitcode(status)
@@ -231,13 +422,51 @@ class Daemon:
         self.last_activity = time.monotonic()
 
     def client_gone(self, pidfd):
-        """The client closed its end (it was killed): its command dies too."""
-        pid, conn = self.workers[pidfd]
+        """The client closed its end: it was killed (its command dies too), or it has the
+        exit code from the worker, which is ending anyway."""
+        pid, conn, _ = self.workers[pidfd]
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         self.sel.unregister(conn)                 # (reap() comes when the worker is gone)
+
+    def spawn_supervisor(self, channel):
+        """A worker's ``run -d`` or ``start`` needs a supervisor: fork it from here.
+
+        Not from the worker: a fork shares its parent's memory pages until one side writes
+        to them (copy-on-write), and a worker has written to many while it parsed the command
+        and made the container; after it exits they would be the supervisor's own. Forked from
+        the daemon, every supervisor shares the daemon's pages with all the others, and owns
+        only what it writes itself (bench/scale.py measures it: PSS per supervisor)."""
+        try:
+            message, fds, _, _ = socket.recv_fds(channel, 1 << 20, 1)
+        except OSError:
+            message, fds = b"", []
+        for fd in fds:
+            os.set_inheritable(fd, False)         # never into the container (recv_fds drops flags)
+        request = client.decode_request(message) if message else None
+        if request is None or len(fds) != 1 or len(request["argv"]) != 1:
+            for fd in fds:
+                os.close(fd)
+            if not message:                       # the worker is gone (reap() closes the channel)
+                self.sel.unregister(channel)
+            return
+        report_fd = fds[0]
+        if self.zygote is not None:
+            try:
+                socket.send_fds(self.zygote, [message], [report_fd])
+                os.close(report_fd)
+                return
+            except OSError:                       # the zygote is gone: fork it from here
+                self.zygote.close()
+                self.zygote = None
+        from labtool.engine import supervisor
+
+        if supervisor._detach() == 0:             # in the supervisor: a new session, no terminal
+            self.forget()
+            become_supervisor(request, report_fd)
+        os.close(report_fd)
 
 
 if __name__ == "__main__":

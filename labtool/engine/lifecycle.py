@@ -29,8 +29,9 @@ from labtool.engine import containers, names, supervisor
 from labtool.errors import LabtoolError, UsageError
 
 
-def create(spec):
-    """``labtool create``: a container that exists but has not run yet (status "created")."""
+def create(spec, **state):
+    """``labtool create``: a container that exists but has not run yet (status "created").
+    ``state``: more fields for its first state.json (``labtool run``: its supervisor)."""
     if spec.restart != "no":
         supervisor.parse_policy(spec.restart)
         if spec.remove:
@@ -39,7 +40,7 @@ def create(spec):
         if not spec.name:
             spec.name = names.generate({r.name for r in containers.all_records()})
         c = runtime.new_container(spec)
-        containers.update_state(c.id, Status="created", Created=time.time(), RestartCount=0)
+        containers.update_state(c.id, Status="created", Created=time.time(), RestartCount=0, **state)
     return c
 
 

@@ -29,7 +29,7 @@ import signal
 import socket
 import time
 
-from labtool import runtime
+from labtool import paths, process, runtime
 from labtool.engine import containers, logs
 from labtool.errors import LabtoolError, UsageError
 
@@ -74,11 +74,12 @@ class Supervisor:
         self.started = False
         self.console = None                          # -t: the socket the terminal comes on
 
-    def run(self):
-        """Supervise until the container is done for good; return its last exit code."""
+    def run(self, recorded=False):
+        """Supervise until the container is done for good; return its last exit code.
+        ``recorded``: state.json names this process as the supervisor already."""
         c = self.c
-        containers.update_state(c.id, SupervisorPid=os.getpid(),
-                                SupervisorStartTime=containers.pid_start_time(os.getpid()))
+        if not recorded:
+            containers.update_state(c.id, **supervisor_fields())
         delay = FIRST_DELAY
         while True:
             began = time.monotonic()
@@ -100,8 +101,7 @@ class Supervisor:
                 if _detach() != 0:
                     return code
                 self.attached = False
-                containers.update_state(c.id, SupervisorPid=os.getpid(),
-                                        SupervisorStartTime=containers.pid_start_time(os.getpid()))
+                containers.update_state(c.id, **supervisor_fields())
             delay = FIRST_DELAY if time.monotonic() - began >= GOOD_RUN else delay
             if not self._sleep(delay):
                 break
@@ -131,7 +131,7 @@ class Supervisor:
         self.started = False
         ours, theirs, stdin = self._stdio()
         try:
-            pid = runtime.start(c, theirs)
+            pid = self._start(theirs)
         except LabtoolError as e:
             self._report(f"err {e.exit_code} {e}")
             self.error = e
@@ -145,7 +145,8 @@ class Supervisor:
         if self.console is not None:
             ours, stdin = self._receive_console(ours)
         log = logs.Writer(c.dir)
-        if not runtime.wait_for_exec(c):        # "ok" only once the command really runs
+        problem = runtime.wait_for_exec(c) if c.errors_r >= 0 else c.exec_error
+        if not problem:                         # "ok" only once the command really runs
             self._report("ok")
             self.started = True
         try:
@@ -155,12 +156,62 @@ class Supervisor:
             for fd in ours:
                 os.close(fd)
         _, status = os.waitpid(pid, 0)
+        done = c if self.attached else _for_teardown(c)    # (the starter prepared it)
         try:
-            return runtime.finish(c, status)
+            return runtime.finish(done, status)
         except LabtoolError as e:
             self._report(f"err {e.exit_code} {e}")
             self.error = e
             return e.exit_code
+        finally:
+            c.oom_killed = done.oom_killed
+
+    def _start(self, stdio):
+        """Start the container; its pid. ``labtool run`` (attached) does it itself. A detached
+        supervisor lets a *starter* do it: a fork of itself that prepares every step, makes
+        the container with clone(CLONE_PARENT), so that the container is the supervisor's
+        child, not its own (``syscalls.fork_sibling``), waits for the command's execve and
+        exits. Why: preparing the steps writes to many memory pages (a fork's pages are shared
+        until written), and the supervisor idles for as long as its container runs; the
+        starter's pages go with it (bench/scale.py: PSS per supervisor)."""
+        if self.attached:
+            return runtime.start(self.c, stdio)
+        c = self.c
+        report_r, report_w = os.pipe2(os.O_CLOEXEC)
+        starter = os.fork()
+        if starter == 0:
+            os.close(report_r)
+            try:
+                full = runtime.load(c.id)              # (the supervisor keeps only a sketch)
+                full.console_fd, full.console_size = c.console_fd, c.console_size
+                pid = runtime.start(full, stdio, sibling=True)
+                message = f"pid {pid} {runtime.wait_for_exec(full)}"
+            except LabtoolError as e:
+                message = f"err {e.exit_code} {e}"
+            except BaseException as e:           # noqa: BLE001 - the supervisor says it
+                message = f"err 125 {type(e).__name__}: {e}"
+            os.write(report_w, message.encode())
+            os._exit(0)
+        os.close(report_w)
+        answer = b""
+        while chunk := os.read(report_r, 4096):
+            answer += chunk
+        os.close(report_r)
+        os.waitpid(starter, 0)
+        word, _, rest = answer.decode().partition(" ")
+        if word == "pid":
+            pid, _, c.exec_error = rest.partition(" ")
+            c.pid, c.errors_r = int(pid), -1
+            process.forward_signals(c.pid)       # as runtime.start does: like docker's sig-proxy
+            return c.pid
+        _reap_strays()                           # a container killed half-made, if any
+        code, _, message = rest.partition(" ")
+        from labtool.errors import CommandNotExecutable, CommandNotFound
+
+        error = {"126": CommandNotExecutable, "127": CommandNotFound}.get(code, LabtoolError)(
+            message or "the container's starter ended without a word")
+        error.exit_code = int(code) if code.isdigit() else 125
+        raise error
 
     def _receive_console(self, ours):
         """The master end of the container's terminal, sent by the container (see runtime)."""
@@ -259,6 +310,28 @@ class Supervisor:
             os.write(self.report_fd, message.encode())
             os.close(self.report_fd)
             self.report_fd = None
+
+
+def _for_teardown(sketch):
+    """The container as its starter had it, for the supervisor to undo the steps' host work:
+    loaded again (or the sketch, if that fails: its image is gone, say), with what the steps
+    left on the host found again (``runtime.recover``)."""
+    try:
+        c = runtime.load(sketch.id)
+    except Exception:                            # noqa: BLE001 - the sketch will do
+        c = sketch
+    c.pid, c.errors_r, c.exec_error = sketch.pid, -1, sketch.exec_error
+    runtime.recover(c)
+    return c
+
+
+def _reap_strays():
+    """Wait for children that have ended and that nobody waits for."""
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+    except ChildProcessError:
+        pass
 
 
 def _read(fd):
@@ -377,34 +450,37 @@ def _read_nonblocking(fd):
 
 # --- the entry points ------------------------------------------------------------------
 
+def supervisor_fields():
+    """This process, as state.json names a container's supervisor."""
+    return {"SupervisorPid": os.getpid(), "SupervisorStartTime": containers.pid_start_time(os.getpid())}
+
+
 def run_attached(spec):
     """``labtool run`` without -d: create the container and supervise it from here."""
     from labtool.engine import lifecycle
 
-    c = lifecycle.create(spec)
+    c = lifecycle.create(spec, **supervisor_fields())    # one write of state.json fewer
     supervisor = Supervisor(c, attached=True)
-    code = supervisor.run()
+    code = supervisor.run(recorded=True)
     if supervisor.error is not None and code in (125, 126, 127):
         raise supervisor.error            # "exec: ...: not found" and friends, as one line
     return code
+
+
+# Set in the labtool daemon's workers (engine/daemon.py): ``fork_from_daemon(container_id,
+# report_fd)`` asks the daemon to fork the supervisor, so that it shares the daemon's memory.
+fork_from_daemon = None
 
 
 def spawn(container_id):
     """Start a supervisor for an existing container in the background (``start``, ``run -d``);
     return once the container runs, or raise why it could not start."""
     report_r, report_w = os.pipe2(os.O_CLOEXEC)
-    if _detach() == 0:
+    if fork_from_daemon is not None:
+        fork_from_daemon(container_id, report_w)
+    elif _detach() == 0:
         os.close(report_r)
-        code = 125
-        try:
-            c = runtime.load(container_id)
-            code = Supervisor(c, report_fd=report_w).run()
-        except BaseException as e:       # noqa: BLE001 - the caller learns it through the pipe
-            try:
-                os.write(report_w, f"err 125 {e}".encode())
-            except OSError:
-                pass
-        os._exit(code & 0xFF)
+        supervise(container_id, report_w)
     os.close(report_w)
     answer = b""
     while chunk := os.read(report_r, 4096):
@@ -418,4 +494,32 @@ def spawn(container_id):
 
     raise {"126": CommandNotExecutable, "127": CommandNotFound}.get(code, LabtoolError)(
         message or "the supervisor ended before the container started")
+
+
+def sketch(container_id):
+    """The container as an idle supervisor needs to know it: a ``runtime.Container`` made
+    from its config.json alone. ``runtime.load`` would also find the image and plan the
+    namespaces and capabilities, writing to many memory pages: the starter does that."""
+    from labtool.spec import from_dict
+
+    here = paths.container_dir(container_id)
+    spec = from_dict(containers.read_json(os.path.join(here, "config.json")))
+    steps = runtime.active_steps(spec.upto)
+    new_mnt = {"mnt": None} if any(step.name == "namespaces" for step in steps) else {}
+    return runtime.Container(spec=spec, image=None, id=container_id, dir=here, rootfs=os.path.join(here, "rootfs"),
+                             steps=steps, namespaces=new_mnt)
+
+
+def supervise(container_id, report_fd):
+    """In a detached process: supervise the container until it is done for good, then exit.
+    Whether it started goes to ``report_fd`` ("ok", or "err CODE MESSAGE")."""
+    code = 125
+    try:
+        code = Supervisor(sketch(container_id), report_fd=report_fd).run()
+    except BaseException as e:       # noqa: BLE001 - the caller learns it through the pipe
+        try:
+            os.write(report_fd, f"err 125 {e}".encode())
+        except OSError:
+            pass
+    os._exit(code & 0xFF)
 

@@ -162,8 +162,9 @@ def started(c, pid):
 
 def teardown(c):
     """Host side, after the child is gone: unplug, unpublish, give the addresses back."""
-    _give_back(c.id)
-    c.network.endpoints = []
+    _give_back(c.id)                 # (by the container's id: a supervisor may hold only a sketch of it)
+    if c.network:
+        c.network.endpoints = []
 
 
 def cleanup(container_id):
