@@ -76,7 +76,7 @@ def _runs_labtool(pid):
             argv = f.read().decode(errors="replace").split("\0")
     except OSError:
         return False
-    return "labtool" in argv or any(a.endswith("/labtool") for a in argv[:2])
+    return _is_labtool(argv)
 
 
 def _another_runs_netns(name):
@@ -85,6 +85,12 @@ def _another_runs_netns(name):
     head, _, rest = name.partition("test-")
     pid = rest.split("-")[0]
     return head.startswith("lt-") and pid.isdigit() and int(pid) != os.getpid()
+
+
+def _is_labtool(argv):
+    """labtool itself, or one of its own processes (``python -m labtool.network.dns serve``)."""
+    return ("labtool" in argv or any(a.endswith("/labtool") for a in argv[:2])
+            or any(a.startswith("labtool.") for a in argv[1:3]))
 
 
 def _mounts():
@@ -156,7 +162,7 @@ def _foreign_processes():
                 argv = f.read().decode(errors="replace").split("\0")
         except OSError:
             continue
-        runs_labtool = "labtool" in argv or any(a.endswith("/labtool") for a in argv[:2])
+        runs_labtool = _is_labtool(argv)
         if runs_labtool and ns == mine:   # another lab or benchmark may run next to the tests
             try:
                 with open(f"/proc/{pid}/environ", "rb") as f:

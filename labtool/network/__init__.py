@@ -176,11 +176,11 @@ def _give_back(container_id):
     from labtool.engine import containers
     from labtool.network import bridge, firewall, store
 
+    _detach_dns(container_id)        # first and always: its sockets would keep the namespace alive
     found = store.endpoints_of(container_id)
     state = containers.load(container_id).state
     if not found and not state.get("Ports") and not state.get("FirewallRules"):
         return
-    _detach_dns(container_id)
     if state.get("FirewallRules") or state.get("Ports"):
         firewall.container_stopped(container_id)
     for network, endpoint in found:

@@ -227,6 +227,9 @@ def _drop_stale(network):
     stale = [cid for cid in network["Containers"] if not os.path.isdir(paths.container_dir(cid))
              or containers.load(cid).status == "dead"]
     for cid in stale:
+        from labtool.network import dns
+
+        dns.detach(cid)
         bridge.remove_link(network["Containers"].pop(cid)["Veth"])
     if stale:
         save(network)
