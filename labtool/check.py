@@ -1195,11 +1195,13 @@ def free_subnet(func):
         try:
             got = func(list(taken), prefix)
         except Exception as e:
-            _fail(f"free_subnet({taken}, {prefix}) raised {type(e).__name__}: {e}", "return a string like '172.16.0.0/24'")
+            _fail(f"free_subnet({taken}, {prefix}) raised {type(e).__name__}: {e}",
+                  "return a string like '172.16.0.0/24'")
         try:
             got_net = ipaddress.ip_network(str(got))
         except ValueError:
-            _fail(f"free_subnet({taken}, {prefix}) returned {got!r}: not a subnet", "return a string like '172.16.0.0/24'")
+            _fail(f"free_subnet({taken}, {prefix}) returned {got!r}: not a subnet",
+                  "return a string like '172.16.0.0/24'")
         if str(got_net) != expected:
             _fail(f"free_subnet({taken}, {prefix}) returned {got}, expected {expected}",
                   "walk the pools in order, in blocks of that prefix (ipaddress: network.subnets(new_prefix=...)) "
