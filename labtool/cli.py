@@ -164,7 +164,7 @@ def _lifecycle_commands(sub):
     logs.add_argument("container")
     start = sub.add_parser("start", help="start stopped containers")
     start.add_argument("--attach", "-a", action="store_true", help="print its output; exit with its code")
-    start.add_argument("--interactive", "-i", action="store_true", help="(accepted; stdin is not attached)")
+    start.add_argument("--interactive", "-i", action="store_true", help="with -a: give it your stdin (if it was created with -i)")
     start.add_argument("containers", nargs="+", metavar="CONTAINER")
     for name, what in (("stop", "stop running containers (SIGTERM, then SIGKILL)"),
                        ("restart", "stop, then start containers")):
@@ -410,6 +410,8 @@ def cmd_start(a):
         return _each(a.containers, lifecycle.start)
     if len(a.containers) != 1:
         raise UsageError("you cannot start and attach multiple containers at once")
+    if a.interactive:                  # stdin too: supervise it from here, as run does
+        return lifecycle.start_attached(a.containers[0])
     record = containers.find(a.containers[0])
     offset = logs.size(paths.container_dir(record.id))      # what it prints from now on
     lifecycle.start(record.id)

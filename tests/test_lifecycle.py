@@ -121,6 +121,19 @@ def test_create_start_restart_wait_rename(run, names):
     assert run("logs", new).stdout == "started\n" * 3
 
 
+def test_start_attach_interactive_gives_the_container_our_stdin(run, names):
+    name = names("ai")
+    assert run("create", "-i", "--name", name, "busybox", "sh", "-c", "read x; echo got $x; exit 3").returncode == 0
+    p = run("start", "-a", "-i", name, input="hello\n")
+    assert (p.returncode, p.stdout) == (3, "got hello\n"), p.stderr
+    p = run("start", "-ai", name, input="again\n")            # a second time, from "exited"
+    assert p.stdout == "got again\n" and run("logs", name).stdout == "got hello\ngot again\n"
+    other = names("ai-running")
+    run("run", "-d", "--name", other, "busybox", "sleep", "30")
+    p = run("start", "-ai", other)
+    assert p.returncode == 125 and p.stderr.count("\n") == 1 and "already running" in p.stderr
+
+
 def test_pause_freezes_every_process(run, names):
     name = names("pause")
     run("run", "-d", "--name", name, "busybox", "sh", "-c", TICK)

@@ -56,6 +56,24 @@ def start(name_or_id):
     return record
 
 
+def start_attached(name_or_id):
+    """``labtool start -a -i``: supervise the container from this process, as ``run`` does
+    without -d: its output comes to our terminal and, if it was created with -i, our stdin
+    goes to it. Returns its exit code."""
+    record = containers.find(name_or_id)
+    if record.status in ("running", "paused", "restarting"):
+        raise LabtoolError(f"container {record.name} is already running: labtool cannot attach "
+                           f"to a running container (use labtool logs -f, or labtool exec -it)")
+    if record.status == "dead":
+        cleanup(record)
+    containers.update_state(record.id, StoppedByUser=False, Status="created")
+    sup = supervisor.Supervisor(runtime.load(record.id), attached=True)
+    code = sup.run()
+    if sup.error is not None and code in (125, 126, 127):
+        raise sup.error
+    return code
+
+
 def stop(name_or_id, timeout=10, sig=None):
     """``labtool stop``: SIGTERM (or the image's STOPSIGNAL) to PID 1, SIGKILL after ``timeout``
     seconds; wait till it is down."""
