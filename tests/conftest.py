@@ -127,7 +127,39 @@ def _links():
     are that run's business, ours must all be gone."""
     from labtool.network import naming
 
-    return sorted(name for name in os.listdir("/sys/class/net") if not name.startswith("lt") or naming.is_ours(name))
+    private = {tag[:4] for tag in PRIVATE_TAGS}
+    return sorted(name for name in os.listdir("/sys/class/net")
+                  if not name.startswith("lt") or naming.is_ours(name) or _link_tag(name) in private)
+
+
+def _root_records():
+    """The run's own roots among those labtool notes machine-wide (labtool/network/naming.py)."""
+    from labtool.network import naming
+
+    return sorted(path for path in naming.recorded_roots().values() if _is_ours(path))
+
+
+def _link_tag(ifname):
+    """The 4 hex digits of a LABTOOL_ROOT's link name (``lt9f3a0``, ``ltv9f3a-...``), else ""."""
+    rest = ifname[3:] if ifname.startswith("ltv") else ifname[2:]
+    return rest[:4] if rest[4:5] in ("0", "-") else ""
+
+
+# Tags (6 hex digits, see labtool/network/publish.root_tag) of the labtool roots that this run's
+# tests made in pytest's temporary directory (``LABTOOL_ROOT=tmp_path/...``): their links and
+# chains are this run's too, so the guard counts them.
+PRIVATE_TAGS = set()
+
+
+def _private_roots():
+    """{tag: path} of the LABTOOL_ROOTs under pytest's temporary directory that made bridges
+    (labtool notes each root that does, see labtool/network/naming.py), deleted ones too."""
+    from labtool.network import naming
+
+    if len(OURS) < 2:
+        return {}
+    return {tag: path for tag, path in naming.recorded_roots().items()
+            if path.startswith(os.path.realpath(OURS[1]) + "/")}
 
 
 def _iptables():
@@ -145,7 +177,7 @@ def _another_roots_chain(line):
     from labtool.network import publish
 
     tags = {publish.chain_tag(m.group(0)) for m in publish.CHAIN_RE.finditer(line)}
-    return bool(tags) and publish.root_tag() not in tags
+    return bool(tags) and publish.root_tag() not in tags and not tags & PRIVATE_TAGS
 
 
 def _foreign_processes():
@@ -194,6 +226,7 @@ def host_state():
         "loop devices": _loop_devices(),
         "mounts": _mounts(),
         "links": _links(),
+        "root records": _root_records(),
         "netns": sorted(n for n in (os.listdir("/run/netns") if os.path.isdir("/run/netns") else [])
                         if not _another_runs_netns(n)),
         "cgroups": _cgroups(),
@@ -235,6 +268,10 @@ def labtool_root(tmp_path_factory):
     yield root
     labtool("system", "stop-daemon")                # the run's labtool daemon goes with it
     _remove_default_bridge()                        # (dockerd keeps docker0; a test root goes)
+    for tag, private in _private_roots().items():   # so do those of the tests' own roots, and
+        PRIVATE_TAGS.add(tag)                       # anything else they left is reported
+        if os.path.isdir(private):                  # (a root deleted without reset: all of it)
+            _remove_default_bridge(private)
     problems = host_state_diff(before, host_state())
     if problems:   # fail, but first take it down the way a user would
         problems.append("labtool reset said: " + labtool("reset").stdout.strip().replace("\n", "; "))
@@ -243,9 +280,14 @@ def labtool_root(tmp_path_factory):
     assert not problems, "the tests left things on the host:\n" + "\n".join(problems)
 
 
-def _remove_default_bridge():
-    """The run's default bridge and its rules, if no container is left on it (else the guard
-    reports the bridge, with whatever else was left)."""
+def _remove_default_bridge(root=None):
+    """The run's default bridge (or that of the labtool root ``root``) and its rules, if no
+    container is left on it (else the guard reports the bridge, with whatever else was left)."""
+    if root is not None:
+        labtool("system", "stop-daemon", env=dict(os.environ, LABTOOL_ROOT=root))
+        code = "from labtool.network import store; store.remove_default()"
+        subprocess.run([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ, LABTOOL_ROOT=root), check=True)
+        return
     from labtool.network import store
 
     store.remove_default()

@@ -62,12 +62,15 @@ def check_flags(spec):
 
 def plan(spec, image):
     """Check the network flags of a spec; return the step's Plan. Nothing is made yet."""
-    from labtool.network import links, ports, store
-
     mode = spec.namespaces.net
     n = spec.network
-    exposed = sorted(set(image.config.get("config", {}).get("ExposedPorts", {}) or {}) |
-                     {"%d/%s" % ports.parse_exposed(e) for e in n.expose})
+    image_ports = set(image.config.get("config", {}).get("ExposedPorts", {}) or {})
+    if not _on_networks(mode) and not (n.publish or n.publish_all or n.links or n.aliases or n.dns
+                                       or n.add_hosts or n.expose):
+        return Plan(mode=mode, exposed=sorted(image_ports))   # nothing to check (and nothing to import)
+    from labtool.network import links, ports, store
+
+    exposed = sorted(image_ports | {"%d/%s" % ports.parse_exposed(e) for e in n.expose})
     p = Plan(mode=mode, exposed=exposed)
     p.bindings = ports.parse_all(n.publish)
     if n.publish_all:
@@ -138,11 +141,11 @@ def prepare(c):
 
 def started(c, pid):
     """Host side, once the child's network namespace exists (it waits for us): plug it in."""
-    from labtool.network import bridge, firewall
-
     p = c.network
     if not p.endpoints:
         return
+    from labtool.network import bridge, firewall
+
     for n, (network, endpoint) in enumerate(p.endpoints):
         ifname = f"eth{n}"
         address, prefixlen = endpoint["IPv4Address"].split("/")
@@ -162,6 +165,8 @@ def started(c, pid):
 
 def teardown(c):
     """Host side, after the child is gone: unplug, unpublish, give the addresses back."""
+    if not _on_networks(c.spec.namespaces.net):
+        return                       # none, host, container:NAME: nothing was taken, nothing to give back
     _give_back(c.id)                 # (by the container's id: a supervisor may hold only a sketch of it)
     if c.network:
         c.network.endpoints = []
@@ -237,9 +242,16 @@ def _link_env(c):
 def _write_etc(c):
     """/etc/hosts and /etc/resolv.conf in the container's directory (step 01 binds them)."""
     from labtool.engine import containers
-    from labtool.network import etc, links, store
+    from labtool.network import etc
 
     p = c.network
+    if p.mode == "none":                                  # Closed: localhost and its own name
+        extra = [(name, "127.0.0.1" if ip == "host-gateway" else ip) for name, ip in p.add_hosts]
+        etc.write_in_place(os.path.join(c.dir, "hosts"), etc.hosts_text(c.hostname, [], extra, []))
+        etc.write_in_place(os.path.join(c.dir, "resolv.conf"), etc.resolv_text(False, p.dns))
+        return
+    from labtool.network import links, store
+
     if p.mode.startswith("container:"):                  # Joined: the other container's files
         record = containers.find(p.mode.split(":", 1)[1])
         for name in ("hosts", "resolv.conf"):
@@ -410,4 +422,32 @@ def reset(own_root):
         bridge.remove_link(name)
     if links:
         said.append(f"removed links {' '.join(links)}")
+    naming.forget_root()
+    for tag6, path in naming.orphans().items():
+        said += _reset_orphan(tag6, path)
     return said
+
+
+def _reset_orphan(tag6, path):
+    """The bridges, veths and chains of a LABTOOL_ROOT whose directory was deleted without a
+    ``labtool reset``: found by the tag in their names (naming.py), and removed."""
+    from labtool.network import bridge, naming, publish
+
+    saved = os.environ.get("LABTOOL_ROOT")
+    os.environ["LABTOOL_ROOT"] = path           # the names are those this root would make
+    try:
+        links = [name for name in bridge.links() if name.startswith("lt") and naming.is_ours(name)]
+        for name in links:
+            bridge.remove_link(name)
+        chains = publish.listed()
+        if chains:
+            publish.remove_all()
+    finally:
+        if saved is None:
+            del os.environ["LABTOOL_ROOT"]
+        else:
+            os.environ["LABTOOL_ROOT"] = saved
+    naming.forget_root(tag6)
+    if not links and not chains:
+        return []
+    return [f"removed the links and chains of {path}, a labtool root that is gone: {' '.join(links)}".strip()]

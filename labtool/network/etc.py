@@ -12,7 +12,6 @@ rewritten in place (never replaced by a new one): ``network connect`` changes it
                       host's loopback is not the container's)
 """
 
-import ipaddress
 import os
 
 from labtool.errors import UsageError
@@ -33,6 +32,8 @@ def parse_add_host(text):
     if not sep or not name or not ip:
         raise UsageError(f'invalid argument "{text}" for "--add-host" flag: bad format for add-host: "{text}"')
     if ip != "host-gateway":
+        import ipaddress
+
         try:
             ipaddress.ip_address(ip.strip("[]"))
         except ValueError:
@@ -42,6 +43,8 @@ def parse_add_host(text):
 
 
 def parse_dns(text):
+    import ipaddress
+
     try:
         return str(ipaddress.ip_address(text))
     except ValueError:

@@ -16,6 +16,12 @@ its own; the test suite's host-state guard ignores the others.
 import hashlib
 import os
 
+# Which LABTOOL_ROOT a tag stands for, machine-wide: one file per root that made a bridge,
+# named by its tag (6 hex digits, as its iptables chains), holding the root's path. So the
+# bridges and chains of a root whose directory was deleted without ``labtool reset`` can
+# still be found and removed (``labtool reset`` does, from any root), and the test suite
+# can tell its own roots' objects from those of another run.
+ROOTS_DIR = "/run/lock/labtool-roots"
 
 
 def tag():
@@ -52,3 +58,45 @@ def _tagged(ifname):
     rest = ifname[3:] if ifname.startswith("ltv") else ifname[2:]
     head = rest[:4]
     return len(head) == 4 and all(ch in "0123456789abcdef" for ch in head) and rest[4:5] in ("0", "-")
+
+
+def root_tag6(root=None):
+    """6 hex digits of a LABTOOL_ROOT (this one by default): its iptables chains carry them."""
+    root = root if root is not None else os.environ.get("LABTOOL_ROOT")
+    return hashlib.sha256(os.path.realpath(root).encode()).hexdigest()[:6] if root else ""
+
+
+def record_root():
+    """Note (once) that this root made host objects; nothing for the default root."""
+    tag6 = root_tag6()
+    if not tag6:
+        return
+    path = os.path.join(ROOTS_DIR, tag6)
+    if not os.path.exists(path):
+        os.makedirs(ROOTS_DIR, exist_ok=True)
+        with open(path, "w") as f:
+            f.write(os.path.realpath(os.environ["LABTOOL_ROOT"]))
+
+
+def forget_root(tag6=None):
+    try:
+        os.unlink(os.path.join(ROOTS_DIR, tag6 or root_tag6()))
+    except (FileNotFoundError, IsADirectoryError):
+        pass
+
+
+def recorded_roots():
+    """{tag6: root path} of every root that made host objects and has not been reset."""
+    found = {}
+    for tag6 in os.listdir(ROOTS_DIR) if os.path.isdir(ROOTS_DIR) else []:
+        try:
+            with open(os.path.join(ROOTS_DIR, tag6)) as f:
+                found[tag6] = f.read()
+        except OSError:
+            pass
+    return found
+
+
+def orphans():
+    """{tag6: path} of recorded roots whose directory is gone: nobody can reset them any more."""
+    return {tag6: path for tag6, path in recorded_roots().items() if not os.path.isdir(path)}

@@ -190,6 +190,7 @@ def _make(name, ifname, subnet="", gateway="", ip_range="", options=None, networ
     }
     from labtool.network import firewall
 
+    naming.record_root()
     bridge.make_bridge(ifname, str(gw), net.prefixlen)
     try:
         firewall.network_made(network, net, icc(network))
@@ -214,6 +215,7 @@ def ensure_bridge(network):
             from labtool.network import firewall
 
             config = network["IPAM"]["Config"][0]
+            naming.record_root()
             bridge.make_bridge(ifname, config["Gateway"], subnet_of(network).prefixlen)
             firewall.network_made(network, subnet_of(network), icc(network))
 
@@ -263,6 +265,8 @@ def remove_default():
                 if _drop_stale(network)["Containers"]:
                     return False
                 _forget(network, bridge)
+        if not all_networks():
+            naming.forget_root()         # this root has no bridge left on the host
     return True
 
 
