@@ -20,12 +20,11 @@ vagrant/provision.sh from ``LAUNCHER``) starts Python with ``-I -S``: no site-pa
 scanned, no ``.pth`` files run (3 ms saved); the command finds this package by its path, and
 ``in_process`` turns the site-packages on when the command runs here after all.
 
-For now the daemon is opt-in: ``LABTOOL_DAEMON=1`` (the notebooks teach, and their
-outputs show, that a container is a child of the ``labtool run`` that started it; that
-lesson moves to the daemon when it becomes the default). Without it, or when there is
-no point or no way to use the daemon (not root, ``reset`` and ``system``, which manage
-the daemon itself, a daemon that cannot be started), the command runs in this process
-(``labtool.cli.main``).
+The daemon is the default, as in Docker; ``LABTOOL_DAEMON=0`` opts out (then a
+container is a child of the ``labtool run`` that started it, as notebook 02 shows). When
+there is no point or no way to use the daemon (not root, ``reset`` and ``system``, which
+manage the daemon itself, a daemon that cannot be started or reached, or one that runs
+other code than ours), the command runs in this process (``labtool.cli.main``).
 """
 
 import sys
@@ -85,7 +84,7 @@ def main(argv=None):
 
 def run(argv):
     """Through the daemon when it is asked for and can be had, else here; the exit code."""
-    if posix.environ.get(b"LABTOOL_DAEMON") != b"1" or posix.geteuid() != 0 or not argv or argv[0] in IN_PROCESS:
+    if posix.environ.get(b"LABTOOL_DAEMON") == b"0" or posix.geteuid() != 0 or not argv or argv[0] in IN_PROCESS:
         return in_process(argv)
     conn = connect()
     if conn is None:

@@ -59,4 +59,18 @@ def info():
         ("Cgroup Driver", cgroup_driver()),
         ("Kernel Version", os.uname().release),
         ("Labtool Root Dir", paths.lib_dir()),
+        ("Labtool Daemon", daemon_status()),
     ]
+
+
+def daemon_status():
+    """Whether this root's labtool daemon runs (engine/daemon.py), and who ran this command."""
+    from labtool.engine import daemon
+
+    pid = daemon.running_pid()
+    state = f"running, pid {pid}" if pid else "not running"
+    if daemon.IN_WORKER:
+        return state + "; this command ran in a worker forked from it"
+    if os.environ.get("LABTOOL_DAEMON") == "0":
+        return state + "; LABTOOL_DAEMON=0: this command ran in-process"
+    return state + "; this command ran in-process"

@@ -266,7 +266,8 @@ def labtool_root(tmp_path_factory):
     made = labtool("run", "--rm", "busybox", "true")   # the base image, made once for the run
     assert made.returncode == 0, made.stderr
     yield root
-    labtool("system", "stop-daemon")                # the run's labtool daemon goes with it
+    labtool("system", "stop-daemon")                # the run's labtool daemon goes with it,
+    _stop_private_daemons()                         # and those of the tests' own roots
     _remove_default_bridge()                        # (dockerd keeps docker0; a test root goes)
     for tag, private in _private_roots().items():   # so do those of the tests' own roots, and
         PRIVATE_TAGS.add(tag)                       # anything else they left is reported
@@ -278,6 +279,25 @@ def labtool_root(tmp_path_factory):
     if not problems:
         shutil.rmtree(root)
     assert not problems, "the tests left things on the host:\n" + "\n".join(problems)
+
+
+def _stop_private_daemons():
+    """The labtool daemons of the roots that tests made in pytest's temporary directory
+    (``LABTOOL_ROOT=tmp_path/...``): the daemon is labtool's default, and such a root is not
+    removed at once (a daemon whose root is removed exits within a second by itself)."""
+    base = os.path.realpath(OURS[1]) + "/"
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"labtool.engine.daemon" not in f.read().split(b"\0")[1:3]:
+                    continue
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = dict(item.partition(b"=")[::2] for item in f.read().split(b"\0"))
+        except OSError:
+            continue
+        root = env.get(b"LABTOOL_ROOT", b"").decode()
+        if root.startswith(base) or os.path.realpath(root).startswith(base):
+            labtool("system", "stop-daemon", env=dict(os.environ, LABTOOL_ROOT=root))
 
 
 def _remove_default_bridge(root=None):

@@ -17,9 +17,10 @@ collector from touching (and so copying) those pages in the children.
 
 Processes, as ``ps`` shows them (all ``python -m labtool.engine.daemon``): the daemon;
 its children the zygote, a spare worker and a worker per running command. All of them
-end with the daemon, which exits after ten idle minutes, when its code changes on disk
-(it answers "stale" and the client runs the command itself), and with ``labtool reset``
-or ``labtool system stop-daemon``.
+end with the daemon, which exits after ten idle minutes, at once when its socket goes
+(its labtool root was removed), when its code changes on disk (it answers "stale" and
+the client runs the command itself), and with ``labtool reset`` or ``labtool system
+stop-daemon``.
 """
 
 import fcntl
@@ -60,13 +61,29 @@ def pid_path():
     return os.path.join(paths.run_dir(), "labtoold.pid")
 
 
-def stop_running(timeout=5.0):
-    """Stop this root's daemon, if one runs (``labtool reset``, ``system stop-daemon``)."""
+IN_WORKER = False           # True in a worker: this process runs a client's command
+
+
+def running_pid():
+    """The pid of this root's daemon, or 0 when none runs."""
     try:
         with open(pid_path()) as f:
             pid = int(f.read())
-        os.kill(pid, signal.SIGTERM)
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return pid if b"labtool.engine.daemon" in f.read().split(b"\0") else 0
     except (OSError, ValueError):
+        return 0
+
+
+def stop_running(timeout=5.0):
+    """Stop this root's daemon, if one runs (``labtool reset``, ``system stop-daemon``);
+    its zygote and spare worker end with it."""
+    pid = running_pid()
+    if not pid:
+        return False
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except OSError:
         return False
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -93,6 +110,7 @@ def serve():
     listener.bind(path)
     os.umask(old_umask)
     listener.listen(64)
+    os.chdir("/")                                 # hold no directory (a test's root) in use
     with open(pid_path(), "w") as f:
         f.write(str(os.getpid()))
     _warm_up()
@@ -212,6 +230,7 @@ class Daemon:
         self.spare = None                         # a worker forked ahead: (pid, hand-over socket, channel)
         self.last_activity = time.monotonic()
         self.stopping = False
+        self.inode = os.stat(path).st_ino
 
     def loop(self):
         signal.signal(signal.SIGTERM, lambda *_: self.stop())
@@ -231,14 +250,24 @@ class Daemon:
                     self.spawn_supervisor(key.fileobj)
             if not self.workers and time.monotonic() - self.last_activity > IDLE_EXIT:
                 self.stop()
+            elif not self.stopping and not self.socket_is_ours():
+                self.stop()                       # our root was removed (a test's, a tmp one)
         self.close()
+
+    def socket_is_ours(self):
+        """Our socket still has its name: gone with the labtool root (``rm -rf``), or a
+        name another daemon took, means no client can reach us any more."""
+        try:
+            return os.stat(self.path).st_ino == self.inode
+        except OSError:
+            return False
 
     def stop(self):
         """No new clients (the socket's name goes first), and those already waiting in the
         listen queue are told to run their command themselves."""
         if not self.stopping:
             self.stopping = True
-            if os.path.exists(self.path):
+            if self.socket_is_ours():
                 os.unlink(self.path)
             self.sel.unregister(self.listener)
             self.listener.setblocking(False)
@@ -266,8 +295,11 @@ class Daemon:
             os.waitpid(self.zygote_pid, 0)
             self.zygote = None
         try:
-            os.unlink(pid_path())
-        except FileNotFoundError:
+            with open(pid_path()) as f:
+                ours = f.read() == str(os.getpid())
+            if ours:                              # (not a newer daemon's)
+                os.unlink(pid_path())
+        except (FileNotFoundError, ValueError):
             pass
 
     def accept(self):
@@ -368,7 +400,9 @@ class Daemon:
         """In a spare worker (``forget`` done): run the command with the client's stdio, and
         tell the client (``conn``) its exit code when done, as the daemon would after us:
         the client is gone a moment sooner."""
+        global IN_WORKER
         code = 125
+        IN_WORKER = True
         try:
             os.set_inheritable(conn.fileno(), False)
             from labtool.engine import supervisor
@@ -470,4 +504,6 @@ class Daemon:
 
 
 if __name__ == "__main__":
-    sys.exit(serve())
+    from labtool.engine import daemon             # one copy of this module (IN_WORKER), not __main__'s
+
+    sys.exit(daemon.serve())
