@@ -7,11 +7,10 @@ the busybox image with:
               way the installed ``labtool`` command runs it (/usr/local/bin/labtool:
               ``python -IS``, the checkout first on sys.path, ``labtool.client.main``), with the venv
               interpreter that ``make lab`` installs (/opt/labtool/venv/bin/python, when
-              it exists) and with the interpreter running this script, in the default
-              mode (the command is a process of its own that does everything);
-              and once more with the venv's interpreter and ``LABTOOL_DAEMON=1``: a thin
-              client hands the command to the warm labtool daemon (engine/daemon.py).
-              The table says which line is which mode.
+              it exists) in the default mode: a thin client hands the command to the warm
+              labtool daemon (engine/daemon.py); and with ``LABTOOL_DAEMON=0`` (the command
+              is a process of its own that does everything), with the venv's interpreter
+              and with the one running this script. The table says which line is which mode.
     runc      ``runc run`` of an OCI bundle whose rootfs is a copy of the same image layer
               (runc's default namespaces: pid, network, ipc, uts, mount)
     crun      the same bundle, only if crun is installed and works as it is
@@ -184,17 +183,18 @@ def launcher_argv(python):
 
 
 def labtool_commands(interpreters, env, network_flag):
-    """One command per interpreter in the default mode (each command a process of its own),
-    and one with the venv's interpreter through the labtool daemon (LABTOOL_DAEMON=1)."""
+    """With the venv's interpreter, the default mode: through the labtool daemon; then one
+    command per interpreter with LABTOOL_DAEMON=0 (each command a process of its own)."""
     args = ["run", "--rm"] + (["--network", "none"] if network_flag else []) + ["busybox", "true"]
     note = "every step labtool has (--upto full, the default)"
-    commands = [Command(label, launcher_argv(python) + args, env=env, cwd=REPO,
-                        note=note + "; in-process (the default)")
-                for label, python in interpreters]
     label, python = interpreters[0]
-    commands.append(Command(label.replace("labtool", "labtool daemon", 1), launcher_argv(python) + args,
-                            env=dict(env, LABTOOL_DAEMON="1"), cwd=REPO,
-                            note=note + "; LABTOOL_DAEMON=1: a thin client, a warm daemon's spare worker runs it"))
+    commands = [Command(label.replace("labtool", "labtool daemon", 1), launcher_argv(python) + args,
+                        env=dict(env), cwd=REPO,
+                        note=note + "; the default: a thin client, a warm daemon's spare worker runs it")]
+    commands += [Command(label.replace("labtool", "labtool in-process", 1), launcher_argv(python) + args,
+                         env=dict(env, LABTOOL_DAEMON="0"), cwd=REPO,
+                         note=note + "; LABTOOL_DAEMON=0: the command does everything itself")
+                 for label, python in interpreters]
     return commands
 
 
@@ -316,7 +316,7 @@ def cleanup(work, oci_runtimes, id_prefix):
             problems.append(f"removed leftover cgroup {d}")
         except OSError as e:
             problems.append(f"leftover cgroup {d}: {e.strerror}")
-    # with LABTOOL_DAEMON=1 the labtool daemon of the bench's root goes with it
+    # the labtool daemon (the default) of the bench's root goes with it
     subprocess.run([sys.executable, "-m", "labtool", "system", "stop-daemon"], capture_output=True,
                    env=dict(os.environ, LABTOOL_ROOT=os.path.join(work, "labtool-root")), cwd=REPO)
     left = os.path.join(work, "labtool-root", "lib", "containers")

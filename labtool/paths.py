@@ -25,6 +25,11 @@ def run_dir():
     return os.path.join(root, "run") if root else "/run/labtool"
 
 
+def removing_dir():
+    """Where a removed container's directory waits for its files to be deleted (runtime.remove)."""
+    return os.path.join(lib_dir(), "removing")
+
+
 def images_dir():
     return os.path.join(lib_dir(), "images")
 

@@ -209,7 +209,7 @@ def reset(images=False):
         for table, chain in _iptables_chains():
             _remove_iptables_chain(table, chain)
             said.append(f"removed iptables chain {chain} ({table})")
-    doomed = [paths.containers_dir(), os.path.join(paths.lib_dir(), "volumes"),
+    doomed = [paths.containers_dir(), paths.removing_dir(), os.path.join(paths.lib_dir(), "volumes"),
               os.path.join(paths.lib_dir(), "networks"), paths.run_dir()]
     if images:
         doomed += [paths.images_dir(), paths.layers_dir()]

@@ -552,6 +552,26 @@ def exec_in(name, argv, env=(), cwd="", user="", explain_it=False, interactive=F
     return _outcome(status, problem)
 
 
+# In a labtool daemon's worker (engine/daemon.py): a list of what may wait until the client
+# has its exit code; the worker does it after its reply. None: do everything at once.
+after_reply = None
+
+
+def _remove_after_reply(container_dir):
+    """Take the container out of sight at once: ``rename(2)`` is atomic, so a ``ps -a`` or a
+    ``run --name`` the moment after sees it gone and its name free; its files (a dozen
+    directories, 2 ms) are deleted once the client has its exit code. Nothing is mounted in
+    it any more (``remove`` made sure); ``labtool reset`` deletes what a killed worker left."""
+    trash = os.path.join(paths.removing_dir(), os.path.basename(container_dir))
+    try:
+        os.makedirs(paths.removing_dir(), mode=0o700, exist_ok=True)
+        os.rename(container_dir, trash)
+    except OSError:
+        shutil.rmtree(container_dir, ignore_errors=True)
+        return
+    after_reply.append(lambda: shutil.rmtree(trash, ignore_errors=True))
+
+
 def remove(container_dir, volumes=False):
     """Delete a container's directory, after making sure nothing is mounted in it; with
     ``volumes`` (``rm -v``, ``run --rm``) its anonymous volumes too, unless another
@@ -559,7 +579,10 @@ def remove(container_dir, volumes=False):
     if mounts.unmount_under(container_dir) and mounts.mounts_under(container_dir):
         raise LabtoolError(f"refusing to delete {container_dir}: something is still mounted in it")
     used = containers.read_json(os.path.join(container_dir, "mounts.json")) or []
-    shutil.rmtree(container_dir, ignore_errors=True)
+    if after_reply is None:
+        shutil.rmtree(container_dir, ignore_errors=True)
+    else:
+        _remove_after_reply(container_dir)
     if volumes and any(m.get("Type") == "volume" for m in used):
         from labtool import volumes as volume_store
 

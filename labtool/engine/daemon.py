@@ -35,6 +35,7 @@ import time
 from labtool import client, paths
 
 IDLE_EXIT = 600.0
+REPLIED = b"replied"        # a worker to the daemon: my client has its exit code
 
 
 def code_files():
@@ -207,6 +208,17 @@ def _rehearse():
         pass
 
 
+def _after_reply():
+    """In a worker, once the client has its exit code: the work that could wait."""
+    from labtool import runtime
+
+    for work in runtime.after_reply or ():
+        try:
+            work()
+        except Exception:                         # noqa: BLE001 - reset removes what is left
+            pass
+
+
 def _tell(conn, message):
     """Send a client one message; a client that is gone is no error (it was killed, or it
     has its exit code already)."""
@@ -227,6 +239,7 @@ class Daemon:
         self.sel = selectors.DefaultSelector()
         self.sel.register(listener, selectors.EVENT_READ, ("accept", None))
         self.workers = {}                         # pidfd -> (pid, client connection, spawn channel)
+        self.replied = set()                      # pidfds of workers that told their client the exit code
         self.spare = None                         # a worker forked ahead: (pid, hand-over socket, channel)
         self.last_activity = time.monotonic()
         self.stopping = False
@@ -247,7 +260,7 @@ class Daemon:
                 elif kind == "client":
                     self.client_gone(data)
                 elif kind == "spawn":
-                    self.spawn_supervisor(key.fileobj)
+                    self.spawn_supervisor(key.fileobj, data)
             if not self.workers and time.monotonic() - self.last_activity > IDLE_EXIT:
                 self.stop()
             elif not self.stopping and not self.socket_is_ours():
@@ -405,8 +418,10 @@ class Daemon:
         IN_WORKER = True
         try:
             os.set_inheritable(conn.fileno(), False)
+            from labtool import runtime
             from labtool.engine import supervisor
 
+            runtime.after_reply = []              # (run --rm: the files go after the reply)
             supervisor.fork_from_daemon = lambda container_id, report_fd: socket.send_fds(
                 channel, [client.encode_request([container_id], os.getcwd(), os.environ, client.package_dir())],
                 [report_fd])
@@ -431,14 +446,17 @@ class Daemon:
             try:
                 sys.stdout.flush()
                 sys.stderr.flush()
+                _tell(channel, REPLIED)           # first: see Daemon.client_gone
                 conn.send(f"exit {code & 0xFF}".encode())
             except OSError:
                 pass
             finally:
+                _after_reply()
                 os._exit(code)
 
     def reap(self, pidfd):
         pid, conn, channel = self.workers.pop(pidfd)
+        self.replied.discard(pidfd)
         self.sel.unregister(pidfd)
         for sock in (conn, channel):
             if sock.fileno() in self.sel.get_map():
@@ -457,15 +475,22 @@ class Daemon:
 
     def client_gone(self, pidfd):
         """The client closed its end: it was killed (its command dies too), or it has the
-        exit code from the worker, which is ending anyway."""
-        pid, conn, _ = self.workers[pidfd]
+        exit code from the worker, which then finishes what could wait (``_after_reply``).
+        The worker says "replied" on its channel before it replies: so that message is
+        there, or was read already, when the client can be gone for that reason."""
+        pid, conn, channel = self.workers[pidfd]
         try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+            replied = pidfd in self.replied or channel.recv(16, socket.MSG_PEEK | socket.MSG_DONTWAIT) == REPLIED
+        except OSError:
+            replied = False
+        if not replied:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.sel.unregister(conn)                 # (reap() comes when the worker is gone)
 
-    def spawn_supervisor(self, channel):
+    def spawn_supervisor(self, channel, pidfd):
         """A worker's ``run -d`` or ``start`` needs a supervisor: fork it from here.
 
         Not from the worker: a fork shares its parent's memory pages until one side writes
@@ -479,6 +504,9 @@ class Daemon:
             message, fds = b"", []
         for fd in fds:
             os.set_inheritable(fd, False)         # never into the container (recv_fds drops flags)
+        if message == REPLIED:                    # (see client_gone)
+            self.replied.add(pidfd)
+            return
         request = client.decode_request(message) if message else None
         if request is None or len(fds) != 1 or len(request["argv"]) != 1:
             for fd in fds:
