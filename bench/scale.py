@@ -25,14 +25,15 @@ left: no container directory, no process, no cgroup directory named after a cont
 nothing mounted under the temporary directory. Everything happens under a temporary
 LABTOOL_ROOT that is removed at the end; the host's /var/lib/labtool is never touched.
 
-With ``LABTOOL_DAEMON=1`` in the environment, labtool's opt-in daemon (``engine/daemon.py``)
-runs the commands, and each supervisor is a fork of it (pages shared copy-on-write): run it
-both ways to compare. The daemon this starts for the temporary root is stopped at the end.
+By default labtool's daemon (``engine/daemon.py``) runs the commands, and each supervisor is
+a fork of it (pages shared copy-on-write); with ``LABTOOL_DAEMON=0`` in the environment every
+command is a process of its own: run it both ways to compare. The daemon this starts for the
+temporary root is stopped at the end.
 
 Needs: root, Python 3.10+ (stdlib only), busybox-static (for labtool's busybox image).
 
     sudo python bench/scale.py [--count N] [--quick]
-    sudo LABTOOL_DAEMON=1 python bench/scale.py
+    sudo LABTOOL_DAEMON=0 python bench/scale.py
 """
 
 import argparse
