@@ -144,6 +144,9 @@ def start_daemon():
         null = os.open("/dev/null", os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(null, fd)
+        # this very package first on its path (``-m`` puts the current directory first), not
+        # another checkout's: that daemon would answer "stale" to us every time
+        os.chdir(os.path.dirname(package_dir()))
         os.execv(sys.executable, [sys.executable, "-m", "labtool.engine.daemon"])
     finally:
         os._exit(127)

@@ -124,6 +124,7 @@ def _warm_up():
     """Load what commands need, once, before any fork (then every worker has it)."""
     from labtool import cgroups, changes, cli, info, runtime, volumes  # noqa: F401
     from labtool.engine import lifecycle, logs, names, ps, supervisor  # noqa: F401
+    from labtool.network import etc  # noqa: F401 - /etc/hosts and friends, for every run
 
     try:
         cgroups.backend()                         # imports this machine's cgroup backend
@@ -206,6 +207,16 @@ def _rehearse():
         capabilities.plan(spec.capabilities)
     except Exception:                             # noqa: BLE001 - only a rehearsal
         pass
+
+
+def _let_go_of_stdio():
+    """In a worker, done with the command: close our copies of the client's stdin, stdout
+    and stderr (/dev/null in their place). Whoever reads the client's output (a pipe: a
+    script, the test suite) sees its end now, not when the worker has finished what could wait."""
+    null = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
 
 
 def _after_reply():
@@ -446,6 +457,7 @@ class Daemon:
             try:
                 sys.stdout.flush()
                 sys.stderr.flush()
+                _let_go_of_stdio()
                 _tell(channel, REPLIED)           # first: see Daemon.client_gone
                 conn.send(f"exit {code & 0xFF}".encode())
             except OSError:
