@@ -1,4 +1,5 @@
-"""The labtool daemon (LABTOOL_DAEMON=1): the same commands, run by forks of a warm process."""
+"""The labtool daemon (the default; LABTOOL_DAEMON=0 opts out): the same commands, run by forks
+of a warm process."""
 
 import os
 import signal
@@ -10,7 +11,7 @@ from conftest import REPO
 
 
 def daemon_run(*args, **kw):
-    env = dict(os.environ, LABTOOL_DAEMON="1")
+    env = {k: v for k, v in os.environ.items() if k != "LABTOOL_DAEMON"}          # the default
     return subprocess.run([sys.executable, "-m", "labtool", *args], capture_output=True, text=True,
                           cwd=REPO, env=env, timeout=60, **kw)
 
@@ -21,7 +22,7 @@ def test_commands_run_through_the_daemon_with_our_stdio_and_exit_code(labtool_ro
         assert (p.stdout, p.stderr, p.returncode) == ("out\n", "err\n", 3)
         with open(os.path.join(labtool_root, "run", "labtoold.pid")) as f:
             daemon = int(f.read())
-        env = dict(os.environ, LABTOOL_DAEMON="1", GREETING="hello")
+        env = dict(os.environ, GREETING="hello")
         p = subprocess.run([sys.executable, "-m", "labtool", "run", "--rm", "-i", "-e", "GREETING", "busybox",
                             "sh", "-c", "cat; echo $GREETING"], input="from stdin\n", capture_output=True,
                            text=True, cwd=REPO, env=env, timeout=60)
@@ -35,7 +36,7 @@ def test_commands_run_through_the_daemon_with_our_stdio_and_exit_code(labtool_ro
 
 
 def test_a_killed_client_takes_its_container_along(labtool_root):
-    env = dict(os.environ, LABTOOL_DAEMON="1")
+    env = dict(os.environ)
     try:
         p = subprocess.Popen([sys.executable, "-m", "labtool", "run", "--rm", "--name", "dclient", "busybox",
                               "sleep", "30"], cwd=REPO, env=env)
@@ -130,3 +131,57 @@ def test_the_daemon_outlives_many_quick_commands(labtool_root):
             assert f.read() == daemon
     finally:
         daemon_run("system", "stop-daemon")
+
+
+def test_info_says_who_ran_the_command_and_labtool_daemon_0_opts_out(labtool_root):
+    try:
+        p = daemon_run("info")
+        assert "Labtool Daemon: running, pid " in p.stdout and "ran in a worker forked from it" in p.stdout
+        with open(os.path.join(labtool_root, "run", "labtoold.pid")) as f:
+            daemon = int(f.read())
+        env = dict(os.environ, LABTOOL_DAEMON="0")
+        p = subprocess.run([sys.executable, "-m", "labtool", "run", "--rm", "busybox", "sh", "-c", "echo $PPID"],
+                           capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
+        assert p.stdout == "0\n"                      # (PID 1's parent is outside its namespace)
+        p = subprocess.run([sys.executable, "-m", "labtool", "info"], capture_output=True, text=True, cwd=REPO,
+                           env=env, timeout=60)
+        assert f"Labtool Daemon: running, pid {daemon}; LABTOOL_DAEMON=0: this command ran in-process" in p.stdout
+    finally:
+        daemon_run("system", "stop-daemon")
+    assert "Labtool Daemon: not running" in subprocess.run(
+        [sys.executable, "-m", "labtool", "info"], capture_output=True, text=True, cwd=REPO,
+        env=dict(os.environ, LABTOOL_DAEMON="0"), timeout=60).stdout
+
+
+def test_run_rm_is_gone_at_once_for_the_next_command(labtool_root):
+    """The worker deletes a --rm container's files after its reply, but a rename took it out
+    of sight before: ps -a does not list it, and its name is free."""
+    try:
+        for _ in range(3):
+            p = daemon_run("run", "--rm", "--name", "once", "busybox", "true")
+            assert p.returncode == 0, p.stderr
+            assert "once" not in daemon_run("ps", "-a").stdout
+        time.sleep(0.5)
+        assert not os.listdir(os.path.join(labtool_root, "lib", "removing"))
+    finally:
+        daemon_run("system", "stop-daemon")
+
+
+def test_a_daemon_ends_by_itself_when_its_labtool_root_is_removed(tmp_path):
+    import shutil
+
+    root = tmp_path / "root"
+    env = {k: v for k, v in os.environ.items() if k != "LABTOOL_DAEMON"}
+    env["LABTOOL_ROOT"] = str(root)
+    p = subprocess.run([sys.executable, "-m", "labtool", "ps"], capture_output=True, text=True, cwd=REPO, env=env,
+                       timeout=60)
+    assert p.returncode == 0, p.stderr
+    with open(root / "run" / "labtoold.pid") as f:
+        daemon = int(f.read())
+    children = [int(pid) for pid in os.listdir("/proc") if pid.isdigit() and _ppid_or_0(int(pid)) == daemon]
+    assert children                                     # its zygote and spare worker
+    shutil.rmtree(root)                                 # what a test or a tmp root does, without reset
+    deadline = time.time() + 5
+    while any(os.path.exists(f"/proc/{pid}") for pid in [daemon, *children]) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in [daemon, *children])
