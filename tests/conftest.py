@@ -28,8 +28,11 @@ def pytest_configure(config):
     # Like /var/lib/labtool, others may pass through, so --userns (uid 100000) can reach it.
     root = tempfile.mkdtemp(prefix="labtool-test-")
     os.chmod(root, 0o711)
-    config.labtool_saved_env = {k: os.environ.get(k) for k in ("LABTOOL_ROOT", "PYTHONPATH")}
+    config.labtool_saved_env = {k: os.environ.get(k) for k in ("LABTOOL_ROOT", "PYTHONPATH", "LABTOOL_TEST_RUN")}
     os.environ["LABTOOL_ROOT"] = root
+    # Inherited by everything the tests start, on any labtool root: a labtool daemon that a
+    # test started on the default root (provision.sh's, say) is still this run's (see _foreign_processes)
+    os.environ["LABTOOL_TEST_RUN"] = str(os.getpid())
     os.environ["PYTHONPATH"] = REPO + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
 
 
@@ -184,6 +187,7 @@ def _foreign_processes():
     """Processes in another PID namespace than ours, or running labtool on our root."""
     mine = os.readlink("/proc/self/ns/pid")
     our_root = f"LABTOOL_ROOT={os.environ.get('LABTOOL_ROOT', '')}".encode()
+    our_run = f"LABTOOL_TEST_RUN={os.getpid()}".encode()
     found = set()
     for pid in filter(str.isdigit, os.listdir("/proc")):
         if int(pid) == os.getpid():
@@ -195,13 +199,16 @@ def _foreign_processes():
         except OSError:
             continue
         runs_labtool = _is_labtool(argv)
+        started_here = False
         if runs_labtool and ns == mine:   # another lab or benchmark may run next to the tests
             try:
                 with open(f"/proc/{pid}/environ", "rb") as f:
-                    runs_labtool = our_root in f.read().split(b"\0")
+                    env = f.read().split(b"\0")
             except OSError:
                 continue
-        if (ns != mine or runs_labtool) and not _another_runs(int(pid)):
+            runs_labtool = our_root in env
+            started_here = our_run in env     # by a test, on whatever root
+        if started_here or ((ns != mine or runs_labtool) and not _another_runs(int(pid))):
             found.add((int(pid), " ".join(argv)[:80]))
     return found
 

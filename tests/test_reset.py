@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 
 from conftest import REPO, host_state, host_state_diff
 from labtool import syscalls
@@ -39,3 +40,19 @@ def test_guard_sees_a_changed_hostname_and_a_stray_process():
     problems = host_state_diff(before, after)
     assert any("hostname" in p for p in problems)
     assert any("42" in p for p in problems)
+
+
+def test_guard_sees_a_labtool_process_a_test_left_on_another_root():
+    """A labtool daemon a test started on the default root (or any other) is this run's
+    leftover: everything the tests start inherits LABTOOL_TEST_RUN (conftest.py)."""
+    before = host_state()
+    env = dict(os.environ, LABTOOL_ROOT="/nonexistent/another-root")
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "labtool"], env=env)
+    try:
+        time.sleep(0.2)
+        problems = host_state_diff(before, host_state())
+        assert any("processes left running" in problem and str(p.pid) in problem for problem in problems)
+    finally:
+        p.kill()
+        p.wait()
+    assert host_state_diff(before, host_state()) == []

@@ -102,9 +102,10 @@ fi
 
 # --- the base image -------------------------------------------------------------------
 # Made offline from /bin/busybox; `labtool run` would make it on first use anyway.
-if ! env -u LABTOOL_ROOT "$VENV/bin/labtool" images | grep -q '^busybox '; then
+# (LABTOOL_DAEMON=0: provisioning leaves no labtool daemon behind, with its environment.)
+if ! env -u LABTOOL_ROOT LABTOOL_DAEMON=0 "$VENV/bin/labtool" images | grep -q '^busybox '; then
     say "making the busybox image"
-    env -u LABTOOL_ROOT "$VENV/bin/labtool" run --rm busybox true >/dev/null
+    env -u LABTOOL_ROOT LABTOOL_DAEMON=0 "$VENV/bin/labtool" run --rm busybox true >/dev/null
 fi
 
 if [ "$VM" = 1 ]; then
