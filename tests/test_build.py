@@ -301,6 +301,8 @@ def test_a_failed_run_stops_the_build_and_the_last_good_image_runs(tmp_path, ima
     ("FROM busybox\nCOPY nosuch /x\n", "Dockerfile:2: COPY failed: file not found in build context"),
     ("FROM busybox\nCOPY --frm=x a /b\n", "Dockerfile:2: COPY --frm: unknown flag"),
     ("FROM busybox\nEXPOSE http\n", "Dockerfile:2: EXPOSE: invalid port 'http'"),
+    ("FROM busybox\nEXPOSE 99999\n", "Dockerfile:2: EXPOSE: invalid port '99999'"),
+    ("FROM busybox\nEXPOSE 53/sctp\n", "Dockerfile:2: EXPOSE: invalid port '53/sctp'"),
     ("FROM nosuchimage\n", "Dockerfile:1: Unable to find image 'nosuchimage:latest' locally"),
     ("FROM busybox\nENV\n", "Dockerfile:2: ENV requires at least one argument"),
 ])
@@ -309,6 +311,15 @@ def test_dockerfile_mistakes_are_one_line_naming_file_and_line(tmp_path, dockerf
     p = build(context(tmp_path, {"Dockerfile": dockerfile}))
     assert one_line_error(p).startswith(f"labtool: {message}")
     assert containers_left() == before
+
+
+def test_expose_range_is_one_key_per_port_and_p_publishes_them(tmp_path, images):
+    """EXPOSE 8000-8001 is stored as 8000/tcp and 8001/tcp (as Docker does), so that -P can publish it."""
+    p = build(context(tmp_path, {"Dockerfile": "FROM busybox\nEXPOSE 8000-8001 53/udp\n"}), "-q")
+    config = json.loads(labtool("image", "inspect", p.stdout.strip()).stdout)[0]["Config"]
+    assert sorted(config["ExposedPorts"]) == ["53/udp", "8000/tcp", "8001/tcp"]
+    r = labtool("run", "--rm", "-P", "--expose", "9000-9001", p.stdout.strip(), "true")
+    assert r.returncode == 0, r.stderr
 
 
 def test_bad_build_flags(tmp_path):

@@ -241,12 +241,14 @@ class Builder:
                 stage.cmd_set = True
             shown = "[" + " ".join(json.dumps(a) for a in argv) + "]"
         elif kw == "EXPOSE":
+            from labtool.network.ports import expand_exposed
             ports = {}
             for port in dockerfile.words(ins.args, values, self.df.escape):
-                number, _, proto = port.partition("/")
-                if not number.replace("-", "").isdigit() or proto not in ("", "tcp", "udp", "sctp"):
-                    raise LabtoolError(f"EXPOSE: invalid port '{port}': use PORT or PORT/tcp, PORT/udp")
-                ports[f"{number}/{proto or 'tcp'}"] = {}
+                try:                                    # a range is stored as one key per port, as Docker does
+                    ports.update(dict.fromkeys(expand_exposed(port), {}))
+                except UsageError:
+                    raise LabtoolError(f"EXPOSE: invalid port '{port}': use PORT, PORT/tcp, PORT/udp "
+                                       f"or a range LOW-HIGH (1-65535)") from None
             settings["ExposedPorts"] = dict(settings.get("ExposedPorts") or {}, **ports)
             shown = " ".join(ports)
         elif kw == "VOLUME":

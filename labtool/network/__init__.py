@@ -70,7 +70,7 @@ def plan(spec, image):
         return Plan(mode=mode, exposed=sorted(image_ports))   # nothing to check (and nothing to import)
     from labtool.network import links, ports, store
 
-    exposed = sorted(image_ports | {"%d/%s" % ports.parse_exposed(e) for e in n.expose})
+    exposed = sorted(image_ports | {key for e in n.expose for key in ports.expand_exposed(e)})
     p = Plan(mode=mode, exposed=exposed)
     p.bindings = ports.parse_all(n.publish)
     if n.publish_all:
