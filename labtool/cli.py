@@ -194,6 +194,8 @@ def _network_commands(sub):
     actions = network.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
     create = actions.add_parser("create", help="a user-defined bridge network")
     create.add_argument("--driver", "-d", default="bridge", help="the driver (bridge)")
+    create.add_argument("--ipam-driver", default="default", choices=["default"],
+                        help="who hands out addresses: labtool's own IPAM, called 'default' as in Docker")
     create.add_argument("--subnet", default="", metavar="CIDR", help="e.g. 10.10.0.0/24 (default: a free one)")
     create.add_argument("--gateway", default="", metavar="IP", help="the bridge's address (default: the first)")
     create.add_argument("--ip-range", default="", metavar="CIDR", help="containers' addresses from this range")
@@ -970,7 +972,10 @@ PARSER = None          # the labtool daemon builds the parser once, before it fo
 
 def main(argv=None):
     try:
-        a = (PARSER or _parser()).parse_args(argv)
+        a, extra = (PARSER or _parser()).parse_known_args(argv)
+        if extra:             # argparse would blame 'labtool'; name the command whose help lists the flags
+            where = " ".join(w for w in ("labtool", a.command, getattr(a, "action", None)) if isinstance(w, str))
+            raise UsageError(f"unrecognized arguments: {' '.join(extra)} (see '{where} --help')")
         if not a.command:
             _parser().print_help()
             return 0

@@ -62,6 +62,15 @@ def test_bad_flags_and_values_are_one_line_and_125(run):
         one_clean_line(p)
 
 
+def test_an_unknown_flag_names_the_help_of_its_own_command(run):
+    for args, where in ((["images", "--filter", "x"], "labtool images"), (["network", "create", "--bogus", "n"],
+                        "labtool network create"), (["image", "ls", "--bogus"], "labtool image ls")):
+        p = run(*args)
+        assert p.returncode == 125, args
+        one_clean_line(p)
+        assert p.stderr.endswith(f"(see '{where} --help')\n"), p.stderr
+
+
 def test_upto_network_and_an_unknown_step(run):
     p = run("run", "--rm", "--upto", "network", "busybox", "ip", "-o", "link", "show", "eth0")
     assert p.returncode == 0 and "eth0" in p.stdout

@@ -337,6 +337,14 @@ def test_bad_networks_are_one_line_and_make_nothing(run, flags, message):
     assert _host_objects() == before
 
 
+def test_the_slides_network_create_with_ipam_driver(run, networks):
+    """The slide's command as written: --driver=bridge --ipam-driver=default --subnet=... (a learner copies it)."""
+    net = networks("stress-test", "--driver=bridge", "--ipam-driver=default", "--subnet=172.32.0.0/12")
+    assert json.loads(run("network", "inspect", net).stdout)[0]["IPAM"]["Config"][0]["Subnet"] == "172.32.0.0/12"
+    p = run("network", "create", "--ipam-driver", "other", f"other-{os.getpid()}")
+    assert p.returncode == 125 and p.stderr.count("\n") == 1 and "invalid choice: 'other'" in p.stderr
+
+
 def test_overlapping_subnets_and_unknown_networks(run, networks):
     net = networks("taken", "--subnet", "10.214.0.0/24")
     before = _host_objects()
