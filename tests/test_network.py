@@ -383,6 +383,14 @@ def test_everything_is_gone_after_rm_and_network_rm(run, names):
     assert not [line for line in publish.listed() if bridge in line or f"{ip}:80" in line]
 
 
+def test_a_published_port_is_exposed_for_links(run, names):
+    """-p 80 exposes 80 as Docker does: a link to the container announces it in its env."""
+    web = names("pub-web")
+    detached(run, web, "-p", "80")
+    p = run("run", "--rm", "--link", f"{web}:web", "busybox", "sh", "-c", "echo $WEB_PORT_80_TCP_PORT")
+    assert p.stdout == "80\n", p.stderr
+
+
 def test_publish_all_and_exposed_ports_in_ps(run, names):
     web = names("all")
     detached(run, web, "-P", "--expose", "80", "--expose", "9000/udp")

@@ -73,6 +73,9 @@ def plan(spec, image):
     exposed = sorted(image_ports | {key for e in n.expose for key in ports.expand_exposed(e)})
     p = Plan(mode=mode, exposed=exposed)
     p.bindings = ports.parse_all(n.publish)
+    # a published port is an exposed one too (Docker adds -p's ports to ExposedPorts): links announce it
+    # in their env and open it under icc=false
+    p.exposed = sorted(set(exposed) | {b.key for b in p.bindings})
     if n.publish_all:
         asked = {b.key for b in p.bindings}
         p.bindings += [b for b in ports.publish_all(exposed) if b.key not in asked]
