@@ -8,8 +8,8 @@
     labtool exec [-e K=V] [-w DIR] [-u USER] CONTAINER CMD...
     labtool images [-a]  labtool pull IMAGE     labtool push IMAGE
     labtool build [-t NAME] [-f FILE] [--build-arg K=V] [--target STAGE] [--no-cache] [-q] CONTEXT
-    labtool history IMAGE   labtool tag SRC DST   labtool rmi [-f] IMAGE...   labtool save -o FILE IMAGE...
-    labtool load -i FILE    labtool image ls|inspect|history|rm|tag|prune
+    labtool history IMAGE   labtool tag SRC DST   labtool rmi [-f] IMAGE...   labtool save [-o FILE] IMAGE...
+    labtool load [-i FILE]  labtool image ls|inspect|history|rm|tag|prune
     labtool login [-u USER] [-p PASS | --password-stdin] [SERVER]     labtool logout [SERVER]
     labtool stats [--no-stream] [CONTAINER...]
     labtool inspect CONTAINER|IMAGE...
@@ -241,10 +241,10 @@ def _image_commands(sub):
     rmi.add_argument("--force", "-f", action="store_true", help="remove the tags even if a container uses it")
     rmi.add_argument("images", nargs="+", metavar="IMAGE")
     save = sub.add_parser("save", help="write images to a tar archive (an OCI image layout)")
-    save.add_argument("--output", "-o", required=True, metavar="FILE")
+    save.add_argument("--output", "-o", metavar="FILE", help="the archive to write (default: standard output)")
     save.add_argument("images", nargs="+", metavar="IMAGE")
     load = sub.add_parser("load", help="read images from a tar archive made by save")
-    load.add_argument("--input", "-i", required=True, metavar="FILE")
+    load.add_argument("--input", "-i", metavar="FILE", help="the archive to read (default: standard input)")
     # one parser for "image ACTION" (each parser costs start-up time of every labtool command)
     image = sub.add_parser("image", help="manage images: ls, inspect IMAGE..., history IMAGE, rm IMAGE..., "
                                          "tag SRC DST, prune [-a] [-f]")
