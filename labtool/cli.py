@@ -523,7 +523,8 @@ def cmd_ps(a):
         filters.append((key, value))
     found = ps.rows(all_=a.all, filters=filters, full=a.no_trunc)
     if a.quiet:
-        print("\n".join(row[0] for row in found))
+        for row in found:
+            print(row[0])                   # none: no output at all, so $(labtool ps -q) is empty
     else:
         print(ps.table(found))
     return 0
@@ -569,7 +570,8 @@ def cmd_images(a):
 
     wanted = getattr(a, "repository", "")
     if a.quiet:
-        print("\n".join(dict.fromkeys(row[2] for row in listing.images_rows(a.all, wanted))))
+        for image_id in dict.fromkeys(row[2] for row in listing.images_rows(a.all, wanted)):
+            print(image_id)                 # none: no output at all (not an empty line), as docker images -q
     else:
         print(listing.images_table(a.all, wanted))
     return 0

@@ -109,6 +109,12 @@ def test_without_root_one_clear_line():
     assert "needs root" in p.stderr
 
 
+def test_quiet_lists_of_nothing_print_nothing(run):
+    """``images -q`` / ``ps -q`` with no match print no line at all (not an empty one), as docker's."""
+    assert run("images", "-q", "no-such-image-here").stdout == ""
+    assert run("ps", "-q", "--filter", "name=no-such-container-here").stdout == ""
+
+
 def test_images_lists_busybox(run):
     run("run", "--rm", "busybox", "true")
     p = run("images")
