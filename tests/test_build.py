@@ -290,6 +290,34 @@ def test_a_failed_run_stops_the_build_and_the_last_good_image_runs(tmp_path, ima
     assert missing.returncode == 1 and "returned a non-zero code: 127" in missing.stderr
 
 
+def test_ctrl_c_during_a_run_step_stops_the_build(tmp_path, images):
+    """SIGINT (Ctrl-C) while RUN sleeps: the step's container is killed (its PID 1 would ignore the
+    signal), the build stops at once with 130, nothing is tagged and no container is left."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    tag = images("lt-interrupted:1")
+    top = context(tmp_path, {"Dockerfile": "FROM busybox\nRUN sleep 30\nRUN true\n"})
+    before = containers_left()
+    p = subprocess.Popen([sys.executable, "-m", "labtool", "build", "-t", tag, top], cwd=REPO,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in p.stdout:
+        if line.startswith(" ---> Running in"):
+            break
+    time.sleep(0.5)
+    p.send_signal(signal.SIGINT)
+    began = time.monotonic()
+    rest, _ = p.communicate(timeout=20)
+    assert p.returncode == 130 and time.monotonic() - began < 10
+    assert "Successfully" not in rest and "Step 3/3" not in rest
+    assert labtool("images", "-q", tag).stdout == ""
+    assert containers_left() == before
+
+
 @pytest.mark.parametrize("dockerfile, message", [
     ("FROM busybox\n\n# comment\nRUN true \\\n  && true\nRUNN false\n", "Dockerfile:6: unknown instruction: RUNN"),
     ("RUN true\n", "Dockerfile:1: RUN: no build stage in current context"),

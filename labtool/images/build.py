@@ -294,8 +294,10 @@ class Builder:
         self.commit(stage, f"/bin/sh -c #(nop)  ARG {shown}", self.config(stage), None, container=True)
 
     def run_step(self, stage, ins):
+        import signal
+
         from labtool.engine import lifecycle, supervisor
-        from labtool import runtime
+        from labtool import process, runtime
         from labtool.spec import ContainerSpec, Process
 
         argv = self.command(stage, ins.args)
@@ -315,11 +317,20 @@ class Builder:
                              process=Process(args=argv, env=extra, cwd=settings.get("WorkingDir") or "/",
                                              user=settings.get("User") or ""))
         c = lifecycle.create(spec)
+        handlers = {sig: signal.getsignal(sig) for sig in process.PASSED_ON}
         try:
             self.say(f" ---> Running in {short(c.id)}")
             sys.stdout.flush()
             watcher = supervisor.Supervisor(c, attached=not self.o.quiet)
-            code = watcher.run()
+            process.cancel_on_interrupt, process.interrupted[:] = True, []
+            try:
+                code = watcher.run()
+            finally:        # the runtime passed our signals on to the step's container: take them back
+                process.cancel_on_interrupt = False
+                for sig, handler in handlers.items():
+                    signal.signal(sig, handler)
+            if process.interrupted:                     # Ctrl-C: the build stops here, as Docker's does
+                raise KeyboardInterrupt
             if code != 0:
                 if watcher.error is not None:
                     print(f"labtool: {watcher.error}", file=sys.stderr, flush=True)
