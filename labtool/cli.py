@@ -319,6 +319,12 @@ def _needs_root(what):
         raise NeedsRoot(what)
 
 
+def _needs_a_terminal(tty, interactive):
+    """-it relays a terminal: with stdin a pipe or a file, the shell would wait for keys that never come."""
+    if tty and interactive and not sys.stdin.isatty():
+        raise UsageError("the input device is not a TTY: -it needs a terminal; for piped input use -i without -t")
+
+
 def _env(flags):
     """-e KEY=VALUE, or -e KEY to pass the caller's value on (as docker does)."""
     return [e if "=" in e else f"{e}={os.environ.get(e, '')}" for e in flags]
@@ -368,6 +374,7 @@ def cmd_run(a):
     _needs_root("labtool run")
     spec = _spec(a)
     if not a.detach:
+        _needs_a_terminal(a.tty, a.interactive)
         return runtime.run(spec)
     if spec.remove and spec.restart != "no":
         raise UsageError("Conflicting options: --restart and --rm")
@@ -413,6 +420,7 @@ def cmd_start(a):
     if len(a.containers) != 1:
         raise UsageError("you cannot start and attach multiple containers at once")
     if a.interactive:                  # stdin too: supervise it from here, as run does
+        _needs_a_terminal(containers.find(a.containers[0]).config.get("tty", False), True)
         return lifecycle.start_attached(a.containers[0])
     record = containers.find(a.containers[0])
     offset = logs.size(paths.container_dir(record.id))      # what it prints from now on
@@ -561,6 +569,7 @@ def cmd_exec(a):
     _needs_root("labtool exec")
     if not a.args:
         raise UsageError("exec needs a command: labtool exec CONTAINER CMD...")
+    _needs_a_terminal(a.tty, a.interactive)
     return runtime.exec_in(a.container, a.args, _env(a.env), a.workdir, a.user, a.explain,
                            interactive=a.interactive, tty=a.tty)
 

@@ -115,6 +115,18 @@ def test_quiet_lists_of_nothing_print_nothing(run):
     assert run("ps", "-q", "--filter", "name=no-such-container-here").stdout == ""
 
 
+def test_it_with_piped_input_is_refused_not_a_hang(run, names):
+    """-it relays a terminal; with stdin a pipe the shell would wait for ever (docker: not a TTY)."""
+    p = run("run", "--rm", "-it", "busybox", "sh", input="echo hi\n", timeout=20)
+    assert p.returncode == 125 and "the input device is not a TTY" in p.stderr
+    one_clean_line(p)
+    assert run("run", "--rm", "-i", "busybox", "sh", input="echo hi\n").stdout == "hi\n"
+    tty = names("tty")
+    assert run("create", "-it", "--name", tty, "busybox", "sh").returncode == 0
+    p = run("start", "-ai", tty, input="echo hi\n", timeout=20)
+    assert p.returncode == 125 and "not a TTY" in p.stderr
+
+
 def test_images_lists_busybox(run):
     run("run", "--rm", "busybox", "true")
     p = run("images")
