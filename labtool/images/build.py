@@ -146,6 +146,8 @@ class Builder:
                 name = parts[2].lower() if len(parts) == 3 and parts[1].upper() == "AS" else ""
                 if len(parts) not in (1, 3) or (len(parts) == 3 and not name):
                     raise self.df.error(ins, "FROM requires either one or three arguments: FROM IMAGE [AS NAME]")
+                if name and name in (s.name for s in stages):     # COPY --from=NAME would be ambiguous
+                    raise self.df.error(ins, f"duplicate stage name {name!r}: each FROM ... AS NAME needs its own")
                 stages.append(Stage(len(stages), name, ins, []))
             elif not stages:
                 if ins.keyword != "ARG":
@@ -414,13 +416,13 @@ class Builder:
         name = ins.flags.get("from")
         if not name:
             return self.context, "build context or excluded by .dockerignore"
+        if name.lower() == stage.name or name == str(stage.index):
+            raise LabtoolError(f"COPY --from={name}: a stage cannot copy from itself")
         for done in self.stages_done:
             if name.lower() == done.name or name == str(done.index):
                 if done.image is None:
                     raise LabtoolError(f"COPY --from={name}: that stage has no files")
                 return ctx.ImageTree(done.image.layers), f"stage {name}"
-        if name.lower() == stage.name:
-            raise LabtoolError(f"COPY --from={name}: a stage cannot copy from itself")
         from labtool import images
 
         image = images.find_or_make(name)
