@@ -357,6 +357,8 @@ def test_bad_build_flags(tmp_path):
     assert "invalid reference format" in one_line_error(build(top, "-t", "Bad Name"))
     assert "Dockerfile path" in one_line_error(build(top, "-f", "nosuch"))
     assert "not found" in one_line_error(labtool("build", str(tmp_path / "nosuch")))
+    assert "context must be a directory" in one_line_error(labtool("build", os.path.join(top, "Dockerfile")))
+    assert "is a directory" in one_line_error(build(top, "-f", top))
     p = build(top, "-q")
     assert p.returncode == 0 and re.fullmatch(r"sha256:[0-9a-f]{64}\n", p.stdout)
 

@@ -96,6 +96,9 @@ class Builder:
 
     def run(self):
         o = self.o
+        if os.path.isfile(o.context):           # "labtool build Dockerfile": the directory is meant
+            raise UsageError(f"unable to prepare context: context must be a directory: {o.context} "
+                             f"(give the directory that holds it, e.g. {os.path.dirname(o.context) or '.'})")
         if not os.path.isdir(o.context):
             raise UsageError(f"unable to prepare context: path \"{o.context}\" not found")
         path = o.dockerfile or os.path.join(o.context, "Dockerfile")
@@ -104,6 +107,9 @@ class Builder:
         try:
             with open(path) as f:
                 text = f.read()
+        except IsADirectoryError:
+            raise UsageError(f"unable to prepare context: -f {path} is a directory: name the Dockerfile in it") \
+                from None
         except OSError:
             raise UsageError(f"unable to prepare context: unable to evaluate symlinks in Dockerfile path: "
                              f"lstat {path}: no such file or directory") from None
