@@ -117,6 +117,12 @@ def test_container_mode_shares_one_stack(run, names):
             "ip -o -4 addr show eth0; timeout 2 wget -qO- http://127.0.0.1/hostname")
     assert f"inet {ip}/" in p.stdout                         # the same eth0, the same address
     assert p.stdout.strip().endswith(inspect(run, a)["Id"][:12])   # its httpd, on our 127.0.0.1
+    # what the other container's stack decides cannot be set here: Docker's errors, not silence
+    for flags, what in ((["--dns", "9.9.9.9"], "dns"), (["--add-host", "zz:1.2.3.4"], "custom host-to-IP mapping"),
+                        (["--hostname", "other"], "hostname")):
+        p = run("run", "--rm", "--network", f"container:{a}", *flags, "busybox", "true")
+        assert p.returncode == 125 and p.stderr == \
+            f"labtool: conflicting options: {what} and the network mode (--network container:{a})\n"
 
 
 # --- who reaches whom ------------------------------------------------------------------------

@@ -64,6 +64,11 @@ def plan(spec, image):
     """Check the network flags of a spec; return the step's Plan. Nothing is made yet."""
     mode = spec.namespaces.net
     n = spec.network
+    if mode.startswith("container:"):       # the other container's stack, /etc/hosts and resolv.conf: Docker's errors
+        for given, what in ((spec.hostname, "hostname"), (n.dns, "dns"),
+                            (n.add_hosts, "custom host-to-IP mapping")):
+            if given:
+                raise UsageError(f"conflicting options: {what} and the network mode (--network {mode})")
     image_ports = set(image.config.get("config", {}).get("ExposedPorts", {}) or {})
     if not _on_networks(mode) and not (n.publish or n.publish_all or n.links or n.aliases or n.dns
                                        or n.add_hosts or n.expose):
