@@ -333,6 +333,9 @@ def _host_objects():
     (["--subnet", "10.0.0.0/33"], "invalid CIDR address: 10.0.0.0/33"),
     (["--subnet", "nonsense"], "invalid CIDR address: nonsense"),
     (["--subnet", "10.1.2.3/16"], "host bits are set"),
+    (["--subnet", "127.0.0.0/8"], "overlaps 127.0.0.0/8, loopback"),
+    (["--subnet", "224.0.0.0/24"], "overlaps 224.0.0.0/4, multicast"),
+    (["--subnet", "0.0.0.0/0"], "overlaps 0.0.0.0/8"),
     (["--subnet", "10.77.0.0/24", "--gateway", "10.78.0.1"], "no matching subnet for gateway"),
 ])
 def test_bad_networks_are_one_line_and_make_nothing(run, flags, message):
