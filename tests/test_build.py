@@ -331,6 +331,7 @@ def test_ctrl_c_during_a_run_step_stops_the_build(tmp_path, images):
     ("FROM busybox\nEXPOSE http\n", "Dockerfile:2: EXPOSE: invalid port 'http'"),
     ("FROM busybox AS a\nFROM busybox AS A\n", "Dockerfile:2: duplicate stage name 'a'"),
     ("FROM busybox\nCOPY --from=0 /etc/passwd /p\n", "Dockerfile:2: COPY --from=0: a stage cannot copy from itself"),
+    ("FROM busybox\nCOPY --chmod=999 Dockerfile /f\n", "Dockerfile:2: COPY --chmod=999: invalid mode"),
     ("FROM busybox\nEXPOSE 99999\n", "Dockerfile:2: EXPOSE: invalid port '99999'"),
     ("FROM busybox\nEXPOSE 53/sctp\n", "Dockerfile:2: EXPOSE: invalid port '53/sctp'"),
     ("FROM nosuchimage\n", "Dockerfile:1: Unable to find image 'nosuchimage:latest' locally"),

@@ -404,7 +404,7 @@ class Builder:
             else:
                 entries.append((os.path.join(target, os.path.basename(rel)) if into_dir else target, host, None))
         chown = self.owner(stage, ins.flags.get("chown"))
-        chmod = int(ins.flags["chmod"], 8) if ins.flags.get("chmod") else None
+        chmod = _octal_mode(ins.keyword, ins.flags["chmod"]) if ins.flags.get("chmod") else None
         kind = "dir" if len(matched) == 1 and matched[0] not in downloaded and _is_dir(tree.lookup(matched[0])) else \
             "file" if len(matched) == 1 else "multi"
         digest = _content_hash(entries, chown, chmod)
@@ -662,6 +662,17 @@ def _download(urls, directory):
         os.chmod(path, 0o600)
         found[url] = path
     return found
+
+
+def _octal_mode(keyword, text):
+    """--chmod=0755 -> 0o755; one clear line for what is not an octal mode (man 1 chmod)."""
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        mode = -1
+    if not 0 <= mode <= 0o7777:
+        raise LabtoolError(f"{keyword} --chmod={text}: invalid mode: use octal digits 0-7, e.g. --chmod=0755")
+    return mode
 
 
 def _content_hash(entries, chown, chmod):
