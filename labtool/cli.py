@@ -248,7 +248,7 @@ def _image_commands(sub):
     # one parser for "image ACTION" (each parser costs start-up time of every labtool command)
     image = sub.add_parser("image", help="manage images: ls, inspect IMAGE..., history IMAGE, rm IMAGE..., "
                                          "tag SRC DST, prune [-a] [-f]")
-    image.add_argument("action", choices=["ls", "inspect", "history", "rm", "tag", "prune"])
+    image.add_argument("action", nargs="?", choices=["ls", "inspect", "history", "rm", "tag", "prune"])
     image.add_argument("names", nargs="*", metavar="IMAGE")
     image.add_argument("--all", "-a", action="store_true", help="ls: intermediate images too; prune: unused too")
     image.add_argument("--force", "-f", action="store_true", help="rm: as rmi -f; prune: do not ask")
@@ -659,6 +659,9 @@ def cmd_image(a):
 
     from labtool.images import listing, remove
 
+    if a.action is None:
+        raise UsageError("image needs an action: ls, inspect, history, rm, tag or prune "
+                         "(see 'labtool image --help')")
     needs = {"inspect": "IMAGE...", "history": "IMAGE", "rm": "IMAGE...", "tag": "SOURCE TARGET"}
     count = {"history": 1, "tag": 2}.get(a.action)
     usage = needs.get(a.action, "")

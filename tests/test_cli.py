@@ -71,6 +71,13 @@ def test_an_unknown_flag_names_the_help_of_its_own_command(run):
         assert p.stderr.endswith(f"(see '{where} --help')\n"), p.stderr
 
 
+def test_image_without_an_action_names_the_actions(run):
+    p = run("image")
+    assert p.returncode == 125 and "needs an action: ls, inspect" in p.stderr
+    one_clean_line(p)
+    assert run("image", "ls").returncode == 0
+
+
 def test_upto_network_and_an_unknown_step(run):
     p = run("run", "--rm", "--upto", "network", "busybox", "ip", "-o", "link", "show", "eth0")
     assert p.returncode == 0 and "eth0" in p.stdout
