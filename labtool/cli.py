@@ -8,8 +8,8 @@
     labtool exec [-e K=V] [-w DIR] [-u USER] CONTAINER CMD...
     labtool images [-a]  labtool pull IMAGE     labtool push IMAGE
     labtool build [-t NAME] [-f FILE] [--build-arg K=V] [--target STAGE] [--no-cache] [-q] CONTEXT
-    labtool history IMAGE   labtool tag SRC DST   labtool rmi [-f] IMAGE...   labtool save -o FILE IMAGE...
-    labtool load -i FILE    labtool image ls|inspect|history|rm|tag|prune
+    labtool history IMAGE   labtool tag SRC DST   labtool rmi [-f] IMAGE...   labtool save [-o FILE] IMAGE...
+    labtool load [-i FILE]  labtool image ls|inspect|history|rm|tag|prune
     labtool login [-u USER] [-p PASS | --password-stdin] [SERVER]     labtool logout [SERVER]
     labtool stats [--no-stream] [CONTAINER...]
     labtool inspect CONTAINER|IMAGE...
@@ -194,6 +194,8 @@ def _network_commands(sub):
     actions = network.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
     create = actions.add_parser("create", help="a user-defined bridge network")
     create.add_argument("--driver", "-d", default="bridge", help="the driver (bridge)")
+    create.add_argument("--ipam-driver", default="default", choices=["default"],
+                        help="who hands out addresses: labtool's own IPAM, called 'default' as in Docker")
     create.add_argument("--subnet", default="", metavar="CIDR", help="e.g. 10.10.0.0/24 (default: a free one)")
     create.add_argument("--gateway", default="", metavar="IP", help="the bridge's address (default: the first)")
     create.add_argument("--ip-range", default="", metavar="CIDR", help="containers' addresses from this range")
@@ -239,14 +241,14 @@ def _image_commands(sub):
     rmi.add_argument("--force", "-f", action="store_true", help="remove the tags even if a container uses it")
     rmi.add_argument("images", nargs="+", metavar="IMAGE")
     save = sub.add_parser("save", help="write images to a tar archive (an OCI image layout)")
-    save.add_argument("--output", "-o", required=True, metavar="FILE")
+    save.add_argument("--output", "-o", metavar="FILE", help="the archive to write (default: standard output)")
     save.add_argument("images", nargs="+", metavar="IMAGE")
     load = sub.add_parser("load", help="read images from a tar archive made by save")
-    load.add_argument("--input", "-i", required=True, metavar="FILE")
+    load.add_argument("--input", "-i", metavar="FILE", help="the archive to read (default: standard input)")
     # one parser for "image ACTION" (each parser costs start-up time of every labtool command)
     image = sub.add_parser("image", help="manage images: ls, inspect IMAGE..., history IMAGE, rm IMAGE..., "
                                          "tag SRC DST, prune [-a] [-f]")
-    image.add_argument("action", choices=["ls", "inspect", "history", "rm", "tag", "prune"])
+    image.add_argument("action", nargs="?", choices=["ls", "inspect", "history", "rm", "tag", "prune"])
     image.add_argument("names", nargs="*", metavar="IMAGE")
     image.add_argument("--all", "-a", action="store_true", help="ls: intermediate images too; prune: unused too")
     image.add_argument("--force", "-f", action="store_true", help="rm: as rmi -f; prune: do not ask")
@@ -317,6 +319,12 @@ def _needs_root(what):
         raise NeedsRoot(what)
 
 
+def _needs_a_terminal(tty, interactive):
+    """-it relays a terminal: with stdin a pipe or a file, the shell would wait for keys that never come."""
+    if tty and interactive and not sys.stdin.isatty():
+        raise UsageError("the input device is not a TTY: -it needs a terminal; for piped input use -i without -t")
+
+
 def _env(flags):
     """-e KEY=VALUE, or -e KEY to pass the caller's value on (as docker does)."""
     return [e if "=" in e else f"{e}={os.environ.get(e, '')}" for e in flags]
@@ -366,6 +374,7 @@ def cmd_run(a):
     _needs_root("labtool run")
     spec = _spec(a)
     if not a.detach:
+        _needs_a_terminal(a.tty, a.interactive)
         return runtime.run(spec)
     if spec.remove and spec.restart != "no":
         raise UsageError("Conflicting options: --restart and --rm")
@@ -411,6 +420,7 @@ def cmd_start(a):
     if len(a.containers) != 1:
         raise UsageError("you cannot start and attach multiple containers at once")
     if a.interactive:                  # stdin too: supervise it from here, as run does
+        _needs_a_terminal(containers.find(a.containers[0]).config.get("tty", False), True)
         return lifecycle.start_attached(a.containers[0])
     record = containers.find(a.containers[0])
     offset = logs.size(paths.container_dir(record.id))      # what it prints from now on
@@ -521,7 +531,8 @@ def cmd_ps(a):
         filters.append((key, value))
     found = ps.rows(all_=a.all, filters=filters, full=a.no_trunc)
     if a.quiet:
-        print("\n".join(row[0] for row in found))
+        for row in found:
+            print(row[0])                   # none: no output at all, so $(labtool ps -q) is empty
     else:
         print(ps.table(found))
     return 0
@@ -558,6 +569,7 @@ def cmd_exec(a):
     _needs_root("labtool exec")
     if not a.args:
         raise UsageError("exec needs a command: labtool exec CONTAINER CMD...")
+    _needs_a_terminal(a.tty, a.interactive)
     return runtime.exec_in(a.container, a.args, _env(a.env), a.workdir, a.user, a.explain,
                            interactive=a.interactive, tty=a.tty)
 
@@ -567,7 +579,8 @@ def cmd_images(a):
 
     wanted = getattr(a, "repository", "")
     if a.quiet:
-        print("\n".join(dict.fromkeys(row[2] for row in listing.images_rows(a.all, wanted))))
+        for image_id in dict.fromkeys(row[2] for row in listing.images_rows(a.all, wanted)):
+            print(image_id)                 # none: no output at all (not an empty line), as docker images -q
     else:
         print(listing.images_table(a.all, wanted))
     return 0
@@ -646,6 +659,9 @@ def cmd_image(a):
 
     from labtool.images import listing, remove
 
+    if a.action is None:
+        raise UsageError("image needs an action: ls, inspect, history, rm, tag or prune "
+                         "(see 'labtool image --help')")
     needs = {"inspect": "IMAGE...", "history": "IMAGE", "rm": "IMAGE...", "tag": "SOURCE TARGET"}
     count = {"history": 1, "tag": 2}.get(a.action)
     usage = needs.get(a.action, "")
@@ -970,7 +986,10 @@ PARSER = None          # the labtool daemon builds the parser once, before it fo
 
 def main(argv=None):
     try:
-        a = (PARSER or _parser()).parse_args(argv)
+        a, extra = (PARSER or _parser()).parse_known_args(argv)
+        if extra:             # argparse would blame 'labtool'; name the command whose help lists the flags
+            where = " ".join(w for w in ("labtool", a.command, getattr(a, "action", None)) if isinstance(w, str))
+            raise UsageError(f"unrecognized arguments: {' '.join(extra)} (see '{where} --help')")
         if not a.command:
             _parser().print_help()
             return 0

@@ -11,9 +11,19 @@ def exit_code(status):
     return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
 
 
+# ``labtool build`` sets this during a RUN step: Ctrl-C (SIGINT) or SIGTERM then ends the step's
+# container with SIGKILL, as Docker cancels a build. Passed on as they are, they would do nothing
+# to a PID 1 without a handler for them (man 7 pid_namespaces), and the build would go on.
+cancel_on_interrupt = False
+interrupted = []                  # the signals that cancelled (build reads it after the step)
+
+
 def forward_signals(pid, signals=PASSED_ON):
     """From now on, pass these signals on to ``pid`` instead of dying of them."""
     def forward(signum, _frame):
+        if cancel_on_interrupt and signum in (signal.SIGINT, signal.SIGTERM):
+            interrupted.append(signum)
+            signum = signal.SIGKILL
         try:
             os.kill(pid, signum)
         except ProcessLookupError:

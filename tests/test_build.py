@@ -290,6 +290,34 @@ def test_a_failed_run_stops_the_build_and_the_last_good_image_runs(tmp_path, ima
     assert missing.returncode == 1 and "returned a non-zero code: 127" in missing.stderr
 
 
+def test_ctrl_c_during_a_run_step_stops_the_build(tmp_path, images):
+    """SIGINT (Ctrl-C) while RUN sleeps: the step's container is killed (its PID 1 would ignore the
+    signal), the build stops at once with 130, nothing is tagged and no container is left."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    tag = images("lt-interrupted:1")
+    top = context(tmp_path, {"Dockerfile": "FROM busybox\nRUN sleep 30\nRUN true\n"})
+    before = containers_left()
+    p = subprocess.Popen([sys.executable, "-m", "labtool", "build", "-t", tag, top], cwd=REPO,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in p.stdout:
+        if line.startswith(" ---> Running in"):
+            break
+    time.sleep(0.5)
+    p.send_signal(signal.SIGINT)
+    began = time.monotonic()
+    rest, _ = p.communicate(timeout=20)
+    assert p.returncode == 130 and time.monotonic() - began < 10
+    assert "Successfully" not in rest and "Step 3/3" not in rest
+    assert labtool("images", "-q", tag).stdout == ""
+    assert containers_left() == before
+
+
 @pytest.mark.parametrize("dockerfile, message", [
     ("FROM busybox\n\n# comment\nRUN true \\\n  && true\nRUNN false\n", "Dockerfile:6: unknown instruction: RUNN"),
     ("RUN true\n", "Dockerfile:1: RUN: no build stage in current context"),
@@ -301,6 +329,11 @@ def test_a_failed_run_stops_the_build_and_the_last_good_image_runs(tmp_path, ima
     ("FROM busybox\nCOPY nosuch /x\n", "Dockerfile:2: COPY failed: file not found in build context"),
     ("FROM busybox\nCOPY --frm=x a /b\n", "Dockerfile:2: COPY --frm: unknown flag"),
     ("FROM busybox\nEXPOSE http\n", "Dockerfile:2: EXPOSE: invalid port 'http'"),
+    ("FROM busybox AS a\nFROM busybox AS A\n", "Dockerfile:2: duplicate stage name 'a'"),
+    ("FROM busybox\nCOPY --from=0 /etc/passwd /p\n", "Dockerfile:2: COPY --from=0: a stage cannot copy from itself"),
+    ("FROM busybox\nCOPY --chmod=999 Dockerfile /f\n", "Dockerfile:2: COPY --chmod=999: invalid mode"),
+    ("FROM busybox\nEXPOSE 99999\n", "Dockerfile:2: EXPOSE: invalid port '99999'"),
+    ("FROM busybox\nEXPOSE 53/sctp\n", "Dockerfile:2: EXPOSE: invalid port '53/sctp'"),
     ("FROM nosuchimage\n", "Dockerfile:1: Unable to find image 'nosuchimage:latest' locally"),
     ("FROM busybox\nENV\n", "Dockerfile:2: ENV requires at least one argument"),
 ])
@@ -311,11 +344,22 @@ def test_dockerfile_mistakes_are_one_line_naming_file_and_line(tmp_path, dockerf
     assert containers_left() == before
 
 
+def test_expose_range_is_one_key_per_port_and_p_publishes_them(tmp_path, images):
+    """EXPOSE 8000-8001 is stored as 8000/tcp and 8001/tcp (as Docker does), so that -P can publish it."""
+    p = build(context(tmp_path, {"Dockerfile": "FROM busybox\nEXPOSE 8000-8001 53/udp\n"}), "-q")
+    config = json.loads(labtool("image", "inspect", p.stdout.strip()).stdout)[0]["Config"]
+    assert sorted(config["ExposedPorts"]) == ["53/udp", "8000/tcp", "8001/tcp"]
+    r = labtool("run", "--rm", "-P", "--expose", "9000-9001", p.stdout.strip(), "true")
+    assert r.returncode == 0, r.stderr
+
+
 def test_bad_build_flags(tmp_path):
     top = context(tmp_path, {"Dockerfile": "FROM busybox\n"})
     assert "invalid reference format" in one_line_error(build(top, "-t", "Bad Name"))
     assert "Dockerfile path" in one_line_error(build(top, "-f", "nosuch"))
     assert "not found" in one_line_error(labtool("build", str(tmp_path / "nosuch")))
+    assert "context must be a directory" in one_line_error(labtool("build", os.path.join(top, "Dockerfile")))
+    assert "is a directory" in one_line_error(build(top, "-f", top))
     p = build(top, "-q")
     assert p.returncode == 0 and re.fullmatch(r"sha256:[0-9a-f]{64}\n", p.stdout)
 

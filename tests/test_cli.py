@@ -62,6 +62,22 @@ def test_bad_flags_and_values_are_one_line_and_125(run):
         one_clean_line(p)
 
 
+def test_an_unknown_flag_names_the_help_of_its_own_command(run):
+    for args, where in ((["images", "--filter", "x"], "labtool images"), (["network", "create", "--bogus", "n"],
+                        "labtool network create"), (["image", "ls", "--bogus"], "labtool image ls")):
+        p = run(*args)
+        assert p.returncode == 125, args
+        one_clean_line(p)
+        assert p.stderr.endswith(f"(see '{where} --help')\n"), p.stderr
+
+
+def test_image_without_an_action_names_the_actions(run):
+    p = run("image")
+    assert p.returncode == 125 and "needs an action: ls, inspect" in p.stderr
+    one_clean_line(p)
+    assert run("image", "ls").returncode == 0
+
+
 def test_upto_network_and_an_unknown_step(run):
     p = run("run", "--rm", "--upto", "network", "busybox", "ip", "-o", "link", "show", "eth0")
     assert p.returncode == 0 and "eth0" in p.stdout
@@ -78,6 +94,7 @@ def test_rm_leaves_nothing_and_without_rm_the_state_stays(run, labtool_root):
     (new,) = set(os.listdir(containers)) - before
     with open(os.path.join(containers, new, "state.json")) as f:
         assert json.load(f)["ExitCode"] == 4
+    assert run("rm", new).returncode == 0      # (test_build asserts an empty container store)
 
 
 def test_a_failed_start_leaves_a_created_container_or_nothing_with_rm(run, labtool_root, names):
@@ -98,6 +115,24 @@ def test_without_root_one_clear_line():
     assert p.returncode == 125
     one_clean_line(p)
     assert "needs root" in p.stderr
+
+
+def test_quiet_lists_of_nothing_print_nothing(run):
+    """``images -q`` / ``ps -q`` with no match print no line at all (not an empty one), as docker's."""
+    assert run("images", "-q", "no-such-image-here").stdout == ""
+    assert run("ps", "-q", "--filter", "name=no-such-container-here").stdout == ""
+
+
+def test_it_with_piped_input_is_refused_not_a_hang(run, names):
+    """-it relays a terminal; with stdin a pipe the shell would wait for ever (docker: not a TTY)."""
+    p = run("run", "--rm", "-it", "busybox", "sh", input="echo hi\n", timeout=20)
+    assert p.returncode == 125 and "the input device is not a TTY" in p.stderr
+    one_clean_line(p)
+    assert run("run", "--rm", "-i", "busybox", "sh", input="echo hi\n").stdout == "hi\n"
+    tty = names("tty")
+    assert run("create", "-it", "--name", tty, "busybox", "sh").returncode == 0
+    p = run("start", "-ai", tty, input="echo hi\n", timeout=20)
+    assert p.returncode == 125 and "not a TTY" in p.stderr
 
 
 def test_images_lists_busybox(run):

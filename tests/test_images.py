@@ -7,11 +7,12 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
 
 import pytest
 
-from conftest import labtool
+from conftest import REPO, labtool
 from test_build import ID12, build, built_id, context, one_line_error
 
 STORE = lambda: os.path.join(os.environ["LABTOOL_ROOT"], "lib", "images")   # noqa: E731
@@ -161,6 +162,24 @@ def test_save_and_load_round_trip(tmp_path, small, images):
             dst.addfile(member, io.BytesIO(data))
     assert "does not match its digest" in one_line_error(labtool("load", "-i", bad))
     assert "not a tar archive" in one_line_error(labtool("load", "-i", __file__))
+
+
+def test_save_to_stdout_and_load_from_stdin(tmp_path, small):
+    """``labtool save IMAGE > FILE`` and ``labtool load < FILE``, as a learner types them from Docker's docs."""
+    archive = tmp_path / "piped.tar"
+    with open(archive, "wb") as out:
+        p = subprocess.run([sys.executable, "-m", "labtool", "save", small], stdout=out, stderr=subprocess.PIPE,
+                           cwd=REPO, timeout=60)
+    assert p.returncode == 0, p.stderr
+    with tarfile.open(archive) as tar:
+        assert "index.json" in tar.getnames()
+    with open(archive, "rb") as given:
+        p = subprocess.run([sys.executable, "-m", "labtool", "load"], stdin=given, capture_output=True, cwd=REPO,
+                           timeout=60)
+    assert p.returncode == 0 and p.stdout == f"Loaded image: {small}\n".encode(), p.stderr
+    p = subprocess.run([sys.executable, "-m", "labtool", "load"], stdin=subprocess.DEVNULL, capture_output=True,
+                       text=True, cwd=REPO)
+    assert "stdin is not a tar archive" in one_line_error(p)
 
 
 @pytest.mark.skipif(not shutil.which("skopeo") or not shutil.which("umoci"),

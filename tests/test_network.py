@@ -117,6 +117,12 @@ def test_container_mode_shares_one_stack(run, names):
             "ip -o -4 addr show eth0; timeout 2 wget -qO- http://127.0.0.1/hostname")
     assert f"inet {ip}/" in p.stdout                         # the same eth0, the same address
     assert p.stdout.strip().endswith(inspect(run, a)["Id"][:12])   # its httpd, on our 127.0.0.1
+    # what the other container's stack decides cannot be set here: Docker's errors, not silence
+    for flags, what in ((["--dns", "9.9.9.9"], "dns"), (["--add-host", "zz:1.2.3.4"], "custom host-to-IP mapping"),
+                        (["--hostname", "other"], "hostname")):
+        p = run("run", "--rm", "--network", f"container:{a}", *flags, "busybox", "true")
+        assert p.returncode == 125 and p.stderr == \
+            f"labtool: conflicting options: {what} and the network mode (--network container:{a})\n"
 
 
 # --- who reaches whom ------------------------------------------------------------------------
@@ -327,6 +333,9 @@ def _host_objects():
     (["--subnet", "10.0.0.0/33"], "invalid CIDR address: 10.0.0.0/33"),
     (["--subnet", "nonsense"], "invalid CIDR address: nonsense"),
     (["--subnet", "10.1.2.3/16"], "host bits are set"),
+    (["--subnet", "127.0.0.0/8"], "overlaps 127.0.0.0/8, loopback"),
+    (["--subnet", "224.0.0.0/24"], "overlaps 224.0.0.0/4, multicast"),
+    (["--subnet", "0.0.0.0/0"], "overlaps 0.0.0.0/8"),
     (["--subnet", "10.77.0.0/24", "--gateway", "10.78.0.1"], "no matching subnet for gateway"),
 ])
 def test_bad_networks_are_one_line_and_make_nothing(run, flags, message):
@@ -335,6 +344,14 @@ def test_bad_networks_are_one_line_and_make_nothing(run, flags, message):
     p = run("network", "create", *flags, f"bad-{os.getpid()}")
     assert p.returncode == 125 and p.stderr.count("\n") == 1 and message in p.stderr, p.stderr
     assert _host_objects() == before
+
+
+def test_the_slides_network_create_with_ipam_driver(run, networks):
+    """The slide's command as written: --driver=bridge --ipam-driver=default --subnet=... (a learner copies it)."""
+    net = networks("stress-test", "--driver=bridge", "--ipam-driver=default", "--subnet=172.32.0.0/12")
+    assert json.loads(run("network", "inspect", net).stdout)[0]["IPAM"]["Config"][0]["Subnet"] == "172.32.0.0/12"
+    p = run("network", "create", "--ipam-driver", "other", f"other-{os.getpid()}")
+    assert p.returncode == 125 and p.stderr.count("\n") == 1 and "invalid choice: 'other'" in p.stderr
 
 
 def test_overlapping_subnets_and_unknown_networks(run, networks):
@@ -373,6 +390,14 @@ def test_everything_is_gone_after_rm_and_network_rm(run, names):
     left = [n for n in os.listdir("/sys/class/net") if n == bridge or n in veth]
     assert not left
     assert not [line for line in publish.listed() if bridge in line or f"{ip}:80" in line]
+
+
+def test_a_published_port_is_exposed_for_links(run, names):
+    """-p 80 exposes 80 as Docker does: a link to the container announces it in its env."""
+    web = names("pub-web")
+    detached(run, web, "-p", "80")
+    p = run("run", "--rm", "--link", f"{web}:web", "busybox", "sh", "-c", "echo $WEB_PORT_80_TCP_PORT")
+    assert p.stdout == "80\n", p.stderr
 
 
 def test_publish_all_and_exposed_ports_in_ps(run, names):

@@ -49,6 +49,14 @@ def test_P_publishes_every_exposed_port_to_a_random_one():
     assert ports.publish_all(["80/tcp", "53/udp", "80"]) == [PortBinding(53, "udp"), PortBinding(80, "tcp")]
 
 
+def test_expose_values_expand_ranges_and_refuse_bad_ports():
+    assert ports.expand_exposed("8000-8001") == ["8000/tcp", "8001/tcp"]
+    assert ports.expand_exposed("53/UDP") == ["53/udp"]
+    for bad in ("0", "99999", "http", "53/sctp", "9-8"):
+        with pytest.raises(UsageError, match="invalid exposed port"):
+            ports.expand_exposed(bad)
+
+
 def test_random_ports_are_free_and_ephemeral():
     low, high = ports.ephemeral_range()
     port = ports.random_free_port()

@@ -15,15 +15,17 @@ import hashlib
 import io
 import json
 import os
+import sys
 import tarfile
 
-from labtool.errors import LabtoolError
+from labtool.errors import LabtoolError, UsageError
 from labtool.images import store
 from labtool.images.listing import get
 
 
-def save(names, output):
-    """Write the images ``names`` (names or ids) into the tar ``output``."""
+def save(names, output=None):
+    """Write the images ``names`` (names or ids) into the tar ``output`` (None: standard output,
+    for ``labtool save busybox > busybox.tar``)."""
     images = [(name, get(name)) for name in names]
     descriptors, blobs = [], []
     for name, image in images:
@@ -37,18 +39,29 @@ def save(names, output):
         if ref:
             descriptor["annotations"] = {store.REF_ANNOTATION: ref}
         descriptors.append(descriptor)
+    if output is None:
+        if sys.stdout.isatty():
+            raise UsageError("cowardly refusing to save to a terminal. Use the -o flag or redirect")
+        with tarfile.open(fileobj=sys.stdout.buffer, mode="w|") as tar:     # a stream: no seeking back
+            _write(tar, descriptors, blobs)
+        sys.stdout.buffer.flush()
+        return
     tmp = output + ".tmp"
     try:
         with tarfile.open(tmp, "w") as tar:
-            _add(tar, "oci-layout", json.dumps({"imageLayoutVersion": "1.0.0"}).encode())
-            _add(tar, "index.json", json.dumps({"schemaVersion": 2, "manifests": descriptors}, indent=1).encode())
-            for digest in blobs:
-                _add(tar, "blobs/sha256/" + digest.split(":", 1)[1], store.read_blob(digest))
+            _write(tar, descriptors, blobs)
         os.replace(tmp, output)
     except OSError as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise LabtoolError(f"save: cannot write {output}: {e.strerror}") from None
+
+
+def _write(tar, descriptors, blobs):
+    _add(tar, "oci-layout", json.dumps({"imageLayoutVersion": "1.0.0"}).encode())
+    _add(tar, "index.json", json.dumps({"schemaVersion": 2, "manifests": descriptors}, indent=1).encode())
+    for digest in blobs:
+        _add(tar, "blobs/sha256/" + digest.split(":", 1)[1], store.read_blob(digest))
 
 
 def _add(tar, name, data):
@@ -57,11 +70,17 @@ def _add(tar, name, data):
     tar.addfile(info, io.BytesIO(data))
 
 
-def load(path):
-    """Read the images of the OCI archive ``path`` into the store; return Docker's lines
-    ("Loaded image: busybox:latest", or "Loaded image ID: sha256:..." for an untagged one)."""
+def load(path=None):
+    """Read the images of the OCI archive ``path`` (None: standard input, for ``labtool load <
+    busybox.tar``) into the store; return Docker's lines ("Loaded image: busybox:latest", or
+    "Loaded image ID: sha256:..." for an untagged one)."""
+    fileobj = None
+    if path is None:
+        if sys.stdin is None or sys.stdin.isatty():
+            raise UsageError("requested load from stdin, but stdin is empty (use -i FILE or redirect: < FILE)")
+        path, fileobj = "stdin", io.BytesIO(sys.stdin.buffer.read())    # blobs are read by name: seekable
     try:
-        tar = tarfile.open(path)
+        tar = tarfile.open(path, fileobj=fileobj)
     except OSError as e:
         raise LabtoolError(f"load: cannot read {path}: {e.strerror}") from None
     except tarfile.TarError:

@@ -96,6 +96,9 @@ class Builder:
 
     def run(self):
         o = self.o
+        if os.path.isfile(o.context):           # "labtool build Dockerfile": the directory is meant
+            raise UsageError(f"unable to prepare context: context must be a directory: {o.context} "
+                             f"(give the directory that holds it, e.g. {os.path.dirname(o.context) or '.'})")
         if not os.path.isdir(o.context):
             raise UsageError(f"unable to prepare context: path \"{o.context}\" not found")
         path = o.dockerfile or os.path.join(o.context, "Dockerfile")
@@ -104,6 +107,9 @@ class Builder:
         try:
             with open(path) as f:
                 text = f.read()
+        except IsADirectoryError:
+            raise UsageError(f"unable to prepare context: -f {path} is a directory: name the Dockerfile in it") \
+                from None
         except OSError:
             raise UsageError(f"unable to prepare context: unable to evaluate symlinks in Dockerfile path: "
                              f"lstat {path}: no such file or directory") from None
@@ -146,6 +152,8 @@ class Builder:
                 name = parts[2].lower() if len(parts) == 3 and parts[1].upper() == "AS" else ""
                 if len(parts) not in (1, 3) or (len(parts) == 3 and not name):
                     raise self.df.error(ins, "FROM requires either one or three arguments: FROM IMAGE [AS NAME]")
+                if name and name in (s.name for s in stages):     # COPY --from=NAME would be ambiguous
+                    raise self.df.error(ins, f"duplicate stage name {name!r}: each FROM ... AS NAME needs its own")
                 stages.append(Stage(len(stages), name, ins, []))
             elif not stages:
                 if ins.keyword != "ARG":
@@ -241,12 +249,14 @@ class Builder:
                 stage.cmd_set = True
             shown = "[" + " ".join(json.dumps(a) for a in argv) + "]"
         elif kw == "EXPOSE":
+            from labtool.network.ports import expand_exposed
             ports = {}
             for port in dockerfile.words(ins.args, values, self.df.escape):
-                number, _, proto = port.partition("/")
-                if not number.replace("-", "").isdigit() or proto not in ("", "tcp", "udp", "sctp"):
-                    raise LabtoolError(f"EXPOSE: invalid port '{port}': use PORT or PORT/tcp, PORT/udp")
-                ports[f"{number}/{proto or 'tcp'}"] = {}
+                try:                                    # a range is stored as one key per port, as Docker does
+                    ports.update(dict.fromkeys(expand_exposed(port), {}))
+                except UsageError:
+                    raise LabtoolError(f"EXPOSE: invalid port '{port}': use PORT, PORT/tcp, PORT/udp "
+                                       f"or a range LOW-HIGH (1-65535)") from None
             settings["ExposedPorts"] = dict(settings.get("ExposedPorts") or {}, **ports)
             shown = " ".join(ports)
         elif kw == "VOLUME":
@@ -292,8 +302,10 @@ class Builder:
         self.commit(stage, f"/bin/sh -c #(nop)  ARG {shown}", self.config(stage), None, container=True)
 
     def run_step(self, stage, ins):
+        import signal
+
         from labtool.engine import lifecycle, supervisor
-        from labtool import runtime
+        from labtool import process, runtime
         from labtool.spec import ContainerSpec, Process
 
         argv = self.command(stage, ins.args)
@@ -313,11 +325,20 @@ class Builder:
                              process=Process(args=argv, env=extra, cwd=settings.get("WorkingDir") or "/",
                                              user=settings.get("User") or ""))
         c = lifecycle.create(spec)
+        handlers = {sig: signal.getsignal(sig) for sig in process.PASSED_ON}
         try:
             self.say(f" ---> Running in {short(c.id)}")
             sys.stdout.flush()
             watcher = supervisor.Supervisor(c, attached=not self.o.quiet)
-            code = watcher.run()
+            process.cancel_on_interrupt, process.interrupted[:] = True, []
+            try:
+                code = watcher.run()
+            finally:        # the runtime passed our signals on to the step's container: take them back
+                process.cancel_on_interrupt = False
+                for sig, handler in handlers.items():
+                    signal.signal(sig, handler)
+            if process.interrupted:                     # Ctrl-C: the build stops here, as Docker's does
+                raise KeyboardInterrupt
             if code != 0:
                 if watcher.error is not None:
                     print(f"labtool: {watcher.error}", file=sys.stderr, flush=True)
@@ -383,7 +404,7 @@ class Builder:
             else:
                 entries.append((os.path.join(target, os.path.basename(rel)) if into_dir else target, host, None))
         chown = self.owner(stage, ins.flags.get("chown"))
-        chmod = int(ins.flags["chmod"], 8) if ins.flags.get("chmod") else None
+        chmod = _octal_mode(ins.keyword, ins.flags["chmod"]) if ins.flags.get("chmod") else None
         kind = "dir" if len(matched) == 1 and matched[0] not in downloaded and _is_dir(tree.lookup(matched[0])) else \
             "file" if len(matched) == 1 else "multi"
         digest = _content_hash(entries, chown, chmod)
@@ -401,13 +422,13 @@ class Builder:
         name = ins.flags.get("from")
         if not name:
             return self.context, "build context or excluded by .dockerignore"
+        if name.lower() == stage.name or name == str(stage.index):
+            raise LabtoolError(f"COPY --from={name}: a stage cannot copy from itself")
         for done in self.stages_done:
             if name.lower() == done.name or name == str(done.index):
                 if done.image is None:
                     raise LabtoolError(f"COPY --from={name}: that stage has no files")
                 return ctx.ImageTree(done.image.layers), f"stage {name}"
-        if name.lower() == stage.name:
-            raise LabtoolError(f"COPY --from={name}: a stage cannot copy from itself")
         from labtool import images
 
         image = images.find_or_make(name)
@@ -641,6 +662,17 @@ def _download(urls, directory):
         os.chmod(path, 0o600)
         found[url] = path
     return found
+
+
+def _octal_mode(keyword, text):
+    """--chmod=0755 -> 0o755; one clear line for what is not an octal mode (man 1 chmod)."""
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        mode = -1
+    if not 0 <= mode <= 0o7777:
+        raise LabtoolError(f"{keyword} --chmod={text}: invalid mode: use octal digits 0-7, e.g. --chmod=0755")
+    return mode
 
 
 def _content_hash(entries, chown, chmod):

@@ -64,15 +64,23 @@ def plan(spec, image):
     """Check the network flags of a spec; return the step's Plan. Nothing is made yet."""
     mode = spec.namespaces.net
     n = spec.network
+    if mode.startswith("container:"):       # the other container's stack, /etc/hosts and resolv.conf: Docker's errors
+        for given, what in ((spec.hostname, "hostname"), (n.dns, "dns"),
+                            (n.add_hosts, "custom host-to-IP mapping")):
+            if given:
+                raise UsageError(f"conflicting options: {what} and the network mode (--network {mode})")
     image_ports = set(image.config.get("config", {}).get("ExposedPorts", {}) or {})
     if not _on_networks(mode) and not (n.publish or n.publish_all or n.links or n.aliases or n.dns
                                        or n.add_hosts or n.expose):
         return Plan(mode=mode, exposed=sorted(image_ports))   # nothing to check (and nothing to import)
     from labtool.network import links, ports, store
 
-    exposed = sorted(image_ports | {"%d/%s" % ports.parse_exposed(e) for e in n.expose})
+    exposed = sorted(image_ports | {key for e in n.expose for key in ports.expand_exposed(e)})
     p = Plan(mode=mode, exposed=exposed)
     p.bindings = ports.parse_all(n.publish)
+    # a published port is an exposed one too (Docker adds -p's ports to ExposedPorts): links announce it
+    # in their env and open it under icc=false
+    p.exposed = sorted(set(exposed) | {b.key for b in p.bindings})
     if n.publish_all:
         asked = {b.key for b in p.bindings}
         p.bindings += [b for b in ports.publish_all(exposed) if b.key not in asked]

@@ -31,6 +31,12 @@ def default_pool(for_default_bridge):
         yield ipaddress.ip_network(f"10.{second}.0.0/16")
 
 
+# addresses a bridge must not take: the host would route them to the bridge instead of where they belong
+SPECIAL = [(ipaddress.ip_network(net), what) for net, what in (
+    ("0.0.0.0/8", "'this network' (man 7 ip: INADDR_ANY)"), ("127.0.0.0/8", "loopback (the host's lo)"),
+    ("169.254.0.0/16", "link-local"), ("224.0.0.0/4", "multicast"), ("240.0.0.0/4", "reserved"))]
+
+
 def parse_subnet(text):
     """``--subnet 10.10.0.0/24`` -> an IPv4Network; one clear line when it is not one."""
     try:
@@ -45,6 +51,10 @@ def parse_subnet(text):
         raise UsageError(f"invalid subnet {text}: host bits are set (did you mean {net}?)")
     if net.prefixlen > 30:
         raise UsageError(f"invalid subnet {text}: too small for a gateway and a container (at most /30)")
+    for special, what in SPECIAL:
+        if net.overlaps(special):
+            raise UsageError(f"invalid subnet {text}: it overlaps {special}, {what}; use a private range "
+                             f"such as 10.10.0.0/24 or 172.30.0.0/16")
     return net
 
 

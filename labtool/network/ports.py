@@ -28,6 +28,7 @@ API
 ``parse(spec) -> [PortBinding]``      one ``-p`` value; ``UsageError`` with Docker's message if bad
 ``parse_all(specs) -> [PortBinding]`` every ``-p`` value of a command line
 ``parse_exposed(text) -> (port, proto)`` "80", "80/tcp", "53/udp" (an EXPOSE entry)
+``expand_exposed(text) -> ["80/tcp", ...]`` an EXPOSE or ``--expose`` value, a range "8000-8001" one key per port
 ``publish_all(exposed) -> [PortBinding]``  ``-P``: each EXPOSEd port to a random host port
 ``ephemeral_range() -> (low, high)``
 ``is_free(port, protocol="tcp", host_ip="") -> bool``  a bind(2) test
@@ -161,6 +162,19 @@ def parse_exposed(text):
     if not port.isdigit() or not 0 < int(port) <= 65535 or proto not in PROTOCOLS:
         raise UsageError(f"invalid exposed port: {text}")
     return int(port), proto
+
+
+def expand_exposed(text):
+    """An EXPOSE / ``--expose`` value -> its keys: "8000-8001/udp" -> ["8000/udp", "8001/udp"] (as Docker stores it)."""
+    port, _, proto = str(text).partition("/")
+    proto = (proto or "tcp").lower()
+    try:
+        low, high = _port_range(port)
+    except ValueError:
+        raise UsageError(f"invalid exposed port: {text}") from None
+    if proto not in PROTOCOLS:
+        raise UsageError(f"invalid exposed port: {text} (labtool knows tcp and udp)")
+    return [f"{n}/{proto}" for n in range(low, high + 1)]
 
 
 def publish_all(exposed):
