@@ -171,7 +171,20 @@ def _iptables():
         return []
     out = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
     return [line.split(" [")[0] for line in out.splitlines()
-            if line and not line.startswith("#") and not _another_roots_chain(line)]
+            if line and not line.startswith("#") and not _another_roots_chain(line) and not _table_frame(line)]
+
+
+BUILTIN_CHAINS = ("INPUT", "FORWARD", "OUTPUT", "PREROUTING", "POSTROUTING")
+
+
+def _table_frame(line):
+    """The frame of a table that merely got loaded (the first iptables command on a fresh
+    machine does that): ``*nat``, ``COMMIT``, and built-in chains with their default policy
+    ACCEPT. A rule, a chain of ours or a changed policy is still seen."""
+    if line.startswith("*") or line == "COMMIT":
+        return True
+    parts = line.split()
+    return line.startswith(":") and parts[0][1:] in BUILTIN_CHAINS and parts[1:2] == ["ACCEPT"]
 
 
 def _another_roots_chain(line):

@@ -210,6 +210,15 @@ run_guest() {   # run_guest [CMD]
     trap cleanup_run EXIT
     trap 'exit 130' INT TERM
     mkdir "$RUN/results"
+    # pyroute2 (step 05's netlink) is pure Python: the guest gets the lab's own copy through the
+    # results share, so it runs the same version as the lab (Debian 12 packages 0.7, the lab 0.9)
+    # and the image needs no rebuild for it
+    local pyroute2_dir
+    pyroute2_dir=$("${LABTOOL_VENV:-/opt/labtool/venv}/bin/python" -c \
+        'import os, pyroute2; print(os.path.dirname(pyroute2.__file__))' 2>/dev/null) ||
+        die "no pyroute2 in ${LABTOOL_VENV:-/opt/labtool/venv}: run vagrant/provision.sh (make provision) first"
+    mkdir "$RUN/results/pylibs"
+    cp -r "$pyroute2_dir" "$RUN/results/pylibs/"
     [ $# -eq 0 ] || printf '%s\n' "$1" > "$RUN/results/command"
     say "booting the guest with $INIT as PID 1 (QEMU TCG, $CPUS CPUs, $MEMORY MiB, no network; at most $TIMEOUT s)"
     local started=$SECONDS qrc=0

@@ -6,7 +6,7 @@
 # If the host left a command in /results/command (vagrant/test-vm.sh --run 'CMD'), it runs
 # that command instead of the tests. Its exit code is the guest's result either way.
 set -u
-export PYTHONPATH=/repo PYTHONDONTWRITEBYTECODE=1 HOME=/root LANG=C.UTF-8
+export PYTHONPATH=/repo:/results/pylibs PYTHONDONTWRITEBYTECODE=1 HOME=/root LANG=C.UTF-8
 # --privileged on v2 (step 07): no device program attached, and every row of notebook 07's table
 PRIVILEGED="tests/test_privileged.py::test_device_cgroup_allows_all tests/test_privileged.py::test_every_row_of_the_table"
 TESTS="tests/test_cgroups.py tests/test_cgroups_bpf.py tests/test_namespaces.py $PRIVILEGED"
