@@ -116,6 +116,10 @@ def serve():
         f.write(str(os.getpid()))
     _warm_up()
     zygote = start_zygote(listener, lock)
+    # netlink for a container on a bridge (0.1 s to import), for the workers the daemon forks;
+    # not in the zygote, whose forks (idle supervisors) need it only at their very end
+    import pyroute2  # noqa: F401
+    gc.freeze()
     Daemon(listener, path, lock, zygote).loop()
     return 0
 
@@ -125,7 +129,6 @@ def _warm_up():
     from labtool import cgroups, changes, cli, info, runtime, volumes  # noqa: F401
     from labtool.engine import lifecycle, logs, names, ps, supervisor  # noqa: F401
     from labtool.network import etc  # noqa: F401 - /etc/hosts and friends, for every run
-    import pyroute2  # noqa: F401 - netlink for a container on a bridge: 0.1 s to import, paid once here
 
     try:
         cgroups.backend()                         # imports this machine's cgroup backend
