@@ -398,7 +398,8 @@ def cmd_create(a):
 
 
 def _each(names, action):
-    """Do ``action`` for each container like docker: go on after a failure, report each one."""
+    """Do ``action`` for each container (network, volume) like docker: go on after a failure,
+    report each one."""
     failed = 0
     for name in names:
         try:
@@ -798,15 +799,7 @@ def cmd_volume(a):
     elif a.action == "inspect":
         print(json.dumps([volumes.find(name).inspect() for name in a.names], indent=4))
     elif a.action == "rm":
-        failed = 0
-        for name in a.names:
-            try:
-                volumes.remove(name)
-                print(name)
-            except LabtoolError as e:
-                print(f"labtool: {e}", file=sys.stderr)
-                failed += 1
-        return 125 if failed else 0
+        return 125 if _each(a.names, volumes.remove) else 0
     elif a.action == "prune":
         which = "local volumes" if a.all else "anonymous local volumes"
         if not a.force:
@@ -857,15 +850,7 @@ def cmd_network(a):
         print(json.dumps(found, indent=4))
         return 1 if failed else 0
     elif a.action == "rm":
-        failed = 0
-        for name in a.names:
-            try:
-                store.remove(name)
-                print(name)
-            except LabtoolError as e:
-                print(f"labtool: {e}", file=sys.stderr)
-                failed += 1
-        return 1 if failed else 0
+        return _each(a.names, store.remove)
     elif a.action == "prune":
         if not a.force:
             print("WARNING! This will remove all custom networks not used by at least one container.\n"

@@ -30,3 +30,12 @@ def forward_signals(pid, signals=PASSED_ON):
             pass
     for sig in signals:
         signal.signal(sig, forward)
+
+
+def read_all(fd):
+    """Everything that comes on a pipe until its writers are gone; then close it."""
+    data = b""
+    while chunk := os.read(fd, 65536):
+        data += chunk
+    os.close(fd)
+    return data

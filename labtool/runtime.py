@@ -286,10 +286,7 @@ def wait_for_exec(c):
     """Block until the container's command is exec'd, or has failed to be; return the
     child's report of what went wrong ("" when the exec worked). The error pipe is
     close-on-exec: it reaches end-of-file the moment the exec succeeds."""
-    data = b""
-    while chunk := os.read(c.errors_r, 4096):
-        data += chunk
-    os.close(c.errors_r)
+    data = process.read_all(c.errors_r)
     c.errors_r = -1
     c.exec_error = data.decode()
     return c.exec_error

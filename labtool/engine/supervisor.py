@@ -193,10 +193,7 @@ class Supervisor:
             os.write(report_w, message.encode())
             os._exit(0)
         os.close(report_w)
-        answer = b""
-        while chunk := os.read(report_r, 4096):
-            answer += chunk
-        os.close(report_r)
+        answer = process.read_all(report_r)
         os.waitpid(starter, 0)
         word, _, rest = answer.decode().partition(" ")
         if word == "pid":
@@ -482,10 +479,7 @@ def spawn(container_id):
         os.close(report_r)
         supervise(container_id, report_w)
     os.close(report_w)
-    answer = b""
-    while chunk := os.read(report_r, 4096):
-        answer += chunk
-    os.close(report_r)
+    answer = process.read_all(report_r)
     word, _, rest = answer.decode().partition(" ")
     if word == "ok":
         return

@@ -16,7 +16,7 @@ import ipaddress
 import json
 import os
 
-from labtool import explain, syscalls
+from labtool import explain, process, syscalls
 
 
 def _iproute():
@@ -44,10 +44,7 @@ def in_netns(pid, work):
             os.write(w, json.dumps({"error": f"{type(e).__name__}: {e}"}).encode())
             os._exit(1)
     os.close(w)
-    data = b""
-    while chunk := os.read(r, 65536):
-        data += chunk
-    os.close(r)
+    data = process.read_all(r)
     os.waitpid(child, 0)
     answer = json.loads(data or b'{"error": "the helper process died"}')
     if "error" in answer:
