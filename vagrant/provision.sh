@@ -102,10 +102,10 @@ fi
 
 # --- the base image -------------------------------------------------------------------
 # Made offline from /bin/busybox; `labtool run` would make it on first use anyway.
-# (LABTOOL_DAEMON=0: provisioning leaves no labtool daemon behind, with its environment.)
+# (LABTOOL_DAEMON=0 and --network none: provisioning leaves no daemon and no bridge behind.)
 if ! env -u LABTOOL_ROOT LABTOOL_DAEMON=0 "$VENV/bin/labtool" images | grep -q '^busybox '; then
     say "making the busybox image"
-    env -u LABTOOL_ROOT LABTOOL_DAEMON=0 "$VENV/bin/labtool" run --rm busybox true >/dev/null
+    env -u LABTOOL_ROOT LABTOOL_DAEMON=0 "$VENV/bin/labtool" run --rm --network none busybox true >/dev/null
 fi
 
 if [ "$VM" = 1 ]; then
