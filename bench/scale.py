@@ -308,6 +308,8 @@ def main():
             for problem in leftovers(lt, ids, pids, work):
                 print(f"cleanup: still there: {problem}", file=sys.stderr)
         stop_daemon(lt)
+        lt.run("reset", timeout=120)              # the root's default bridge and chains go too
+        time.sleep(0.5)                           # (the last supervisors' teardown may still write)
         still = mounts_under(work)
         if still:
             print(f"cleanup: NOT removing {work}: still mounted: {still}", file=sys.stderr)
