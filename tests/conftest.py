@@ -132,7 +132,7 @@ def _links():
 
     private = {tag[:4] for tag in PRIVATE_TAGS}
     return sorted(name for name in os.listdir("/sys/class/net")
-                  if not name.startswith("lt") or naming.is_ours(name) or _link_tag(name) in private)
+                  if not name.startswith("lt") or naming.is_ours(name) or naming.tag_of_link(name) in private)
 
 
 def _root_records():
@@ -140,12 +140,6 @@ def _root_records():
     from labtool.network import naming
 
     return sorted(path for path in naming.recorded_roots().values() if _is_ours(path))
-
-
-def _link_tag(ifname):
-    """The 4 hex digits of a LABTOOL_ROOT's link name (``lt9f3a0``, ``ltv9f3a-...``), else ""."""
-    rest = ifname[3:] if ifname.startswith("ltv") else ifname[2:]
-    return rest[:4] if rest[4:5] in ("0", "-") else ""
 
 
 # Tags (6 hex digits, see labtool/network/publish.root_tag) of the labtool roots that this run's

@@ -27,6 +27,28 @@ def test_guard_sees_a_leftover_mount_and_reset_removes_it(tmp_path):
     assert host_state_diff(before, host_state()) == []
 
 
+def test_reset_removes_what_a_deleted_root_left(tmp_path):
+    """A root deleted without reset leaves its default bridge and chains; any reset finds them
+    by the tag in their names (labtool/network/naming.py) and removes them."""
+    import shutil
+
+    from labtool.network import naming
+
+    gone, other = tmp_path / "gone", tmp_path / "other"
+    labtool = lambda root, *args: subprocess.run([sys.executable, "-m", "labtool", *args],  # noqa: E731
+                                                 capture_output=True, text=True, cwd=REPO,
+                                                 env=dict(os.environ, LABTOOL_ROOT=str(root)))
+    assert labtool(gone, "run", "--rm", "busybox", "true").returncode == 0
+    bridge = f"lt{naming.root_tag6(str(gone))[:4]}0"
+    assert bridge in os.listdir("/sys/class/net")
+    labtool(gone, "system", "stop-daemon")
+    shutil.rmtree(gone)
+    p = labtool(other, "reset")
+    assert f"of {gone}, a labtool root that is gone: {bridge}" in p.stdout, p.stdout
+    assert bridge not in os.listdir("/sys/class/net")
+    assert naming.root_tag6(str(gone)) not in naming.recorded_roots()
+
+
 def test_reset_on_a_clean_root_removes_nothing(tmp_path):
     env = dict(os.environ, LABTOOL_ROOT=str(tmp_path))
     p = subprocess.run([sys.executable, "-m", "labtool", "reset"], capture_output=True, text=True,

@@ -441,20 +441,13 @@ def _reset_orphan(tag6, path):
     ``labtool reset``: found by the tag in their names (naming.py), and removed."""
     from labtool.network import bridge, naming, publish
 
-    saved = os.environ.get("LABTOOL_ROOT")
-    os.environ["LABTOOL_ROOT"] = path           # the names are those this root would make
-    try:
+    with naming.acting_for(path):
         links = [name for name in bridge.links() if name.startswith("lt") and naming.is_ours(name)]
         for name in links:
             bridge.remove_link(name)
         chains = publish.listed()
         if chains:
             publish.remove_all()
-    finally:
-        if saved is None:
-            del os.environ["LABTOOL_ROOT"]
-        else:
-            os.environ["LABTOOL_ROOT"] = saved
     naming.forget_root(tag6)
     if not links and not chains:
         return []

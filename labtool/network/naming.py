@@ -13,6 +13,7 @@ and under LABTOOL_ROOT=/some/dir the same with four hex digits of that root in t
 its own; the test suite's host-state guard ignores the others.
 """
 
+import contextlib
 import hashlib
 import os
 
@@ -26,11 +27,8 @@ ROOTS_DIR = "/run/lock/labtool-roots"
 
 def tag():
     """"" for the default root, else 4 hex digits of the root's path (the first 4 of the
-    6 that name its iptables chains, see publish.root_tag)."""
-    root = os.environ.get("LABTOOL_ROOT")
-    if not root:
-        return ""
-    return hashlib.sha256(os.path.realpath(root).encode()).hexdigest()[:4]
+    6 that name its iptables chains, see root_tag6)."""
+    return root_tag6()[:4]
 
 
 def default_bridge():
@@ -50,14 +48,16 @@ def veth_for(container_id, network_id):
 def is_ours(ifname):
     """True for a link this root made (bridge or veth)."""
     t = tag()
-    return ifname.startswith((f"lt{t}0", f"lt{t}-", f"ltv{t}-")) and (t or not _tagged(ifname))
+    return ifname.startswith((f"lt{t}0", f"lt{t}-", f"ltv{t}-")) and (t or not tag_of_link(ifname))
 
 
-def _tagged(ifname):
-    """A link of a LABTOOL_ROOT run (``lt`` or ``ltv`` + 4 hex digits), seen from the default root."""
+def tag_of_link(ifname):
+    """The 4 hex digits of a LABTOOL_ROOT's link (``lt9f3a0``, ``lt9f3a-...``, ``ltv9f3a-...``);
+    "" for a link of the default root."""
     rest = ifname[3:] if ifname.startswith("ltv") else ifname[2:]
     head = rest[:4]
-    return len(head) == 4 and all(ch in "0123456789abcdef" for ch in head) and rest[4:5] in ("0", "-")
+    tagged = len(head) == 4 and all(ch in "0123456789abcdef" for ch in head) and rest[4:5] in ("0", "-")
+    return head if tagged else ""
 
 
 def root_tag6(root=None):
@@ -76,6 +76,21 @@ def record_root():
         os.makedirs(ROOTS_DIR, exist_ok=True)
         with open(path, "w") as f:
             f.write(os.path.realpath(os.environ["LABTOOL_ROOT"]))
+
+
+@contextlib.contextmanager
+def acting_for(root):
+    """Name things as root ``root`` would (every name here and in publish.py comes from
+    LABTOOL_ROOT): how ``labtool reset`` finds what a deleted root left behind."""
+    saved = os.environ.get("LABTOOL_ROOT")
+    os.environ["LABTOOL_ROOT"] = root
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["LABTOOL_ROOT"]
+        else:
+            os.environ["LABTOOL_ROOT"] = saved
 
 
 def forget_root(tag6=None):

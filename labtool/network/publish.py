@@ -72,7 +72,6 @@ API (every function runs as root; the caller is a plain process, never a Jupyter
 ``remove_all()``                      this root's chains and jumps, for ``labtool reset``
 """
 
-import hashlib
 import os
 import re
 import shlex
@@ -80,6 +79,7 @@ import subprocess
 
 from labtool import explain, paths
 from labtool.errors import LabtoolError
+from labtool.network import naming
 from labtool.network import ports as portlib
 
 KINDS = ("DNAT", "POST", "FWD", "ICC", "ISO")
@@ -92,10 +92,7 @@ DEFAULT_ROOT = "/var/lib/labtool"
 
 def root_tag():
     """A short tag for this labtool root: "" for the default one, else 6 hex digits of its path."""
-    root = os.environ.get("LABTOOL_ROOT")
-    if not root:
-        return ""
-    return hashlib.sha256(os.path.realpath(root).encode()).hexdigest()[:6]
+    return naming.root_tag6()
 
 
 def chain(kind):
