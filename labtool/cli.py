@@ -398,13 +398,14 @@ def cmd_create(a):
 
 
 def _each(names, action):
-    """Do ``action`` for each container (network, volume) like docker: go on after a failure,
-    report each one."""
+    """Do ``action`` for each container (network, volume, image) like docker: go on after a
+    failure, report each one: its name, or the lines the action returns (rmi's Untagged/Deleted)."""
     failed = 0
     for name in names:
         try:
-            action(name)
-            print(name)
+            lines = action(name)
+            for line in lines if isinstance(lines, list) else [name]:
+                print(line)
         except LabtoolError as e:
             print(f"labtool: {e}", file=sys.stderr)
             failed += 1
@@ -627,15 +628,7 @@ def cmd_rmi(a):
     from labtool.images import remove
 
     _needs_root("labtool rmi")
-    failed = 0
-    for name in a.images:
-        try:
-            for line in remove.rmi(name, force=a.force):
-                print(line)
-        except LabtoolError as e:
-            print(f"labtool: {e}", file=sys.stderr)
-            failed += 1
-    return 1 if failed else 0
+    return _each(a.images, lambda name: list(remove.rmi(name, force=a.force)))
 
 
 def cmd_save(a):
