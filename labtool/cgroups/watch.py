@@ -67,12 +67,6 @@ def memory_peak(cgroup):
     return int(cgroups.read(path)) if os.path.exists(path) else 0
 
 
-def memory_limit(cgroup):
-    """The limit in bytes; None for no limit (v2 writes "max", v1 a huge number)."""
-    text = cgroups.read(_file(cgroup, "memory", "memory.limit_in_bytes", "memory.max"))
-    return None if text == "max" or int(text) >= 1 << 62 else int(text)
-
-
 def cpu_seconds(cgroup):
     """CPU time all processes of the cgroup have used, in seconds."""
     if cgroup.tree.version == "v1":

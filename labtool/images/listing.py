@@ -9,7 +9,6 @@ the other metadata-only steps, ``"empty_layer": true``).
 """
 
 import datetime
-import os
 
 from labtool.errors import LabtoolError
 from labtool.images import store
@@ -172,7 +171,3 @@ def history_rows(image, full=False, human=True):
 def history_table(image, full=False, human=True):
     return table([list(r) for r in history_rows(image, full, human)],
                  ["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"])
-
-
-def layer_dirs(image):
-    return [os.path.basename(layer) for layer in image.layers]
