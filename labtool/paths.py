@@ -54,8 +54,11 @@ def volumes_dir():
 def locked(path):
     """Hold an exclusive lock (flock(2)) on the file ``path`` against other labtool processes;
     the lock goes with the file descriptor, so a killed holder never leaves it taken."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    except FileNotFoundError:                     # the first lock in this directory
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -20,7 +20,7 @@ things on the host (``runtime.py`` lists it so that its ``prepare`` narrates, an
     capabilities.plan(..., privileged=True)   every capability of the host's bounding set
     rootfs.mount_kernel_filesystems           the host's device nodes in /dev (``host_devices``),
                                               /sys mounted read-write
-    cgroups.started                           no device rules: v1 ``devices.allow a``, v2 no program
+    cgroups.forked                            no device rules: v1 ``devices.allow a``, v2 no program
     capabilities.in_child                     no masked, no read-only /proc and /sys paths
 
 Why it is dangerous: root with every capability and the host's devices *is* root on the

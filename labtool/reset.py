@@ -212,7 +212,7 @@ def reset(images=False):
     doomed = [paths.containers_dir(), paths.removing_dir(), os.path.join(paths.lib_dir(), "volumes"),
               os.path.join(paths.lib_dir(), "networks"), paths.run_dir()]
     if images:
-        doomed += [paths.images_dir(), paths.layers_dir()]
+        doomed += [paths.images_dir(), paths.layers_dir(), os.path.join(paths.lib_dir(), "init")]
     for path in doomed:
         if os.path.isdir(path):
             if mounts.mounts_under(path):

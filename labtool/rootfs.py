@@ -237,9 +237,12 @@ def make_mountpoints(top):
 
 
 def write_etc_files(c):
-    """Write the container's /etc/hostname, /etc/hosts and /etc/resolv.conf (host side)."""
+    """Write the container's /etc/hostname, /etc/hosts and /etc/resolv.conf (host side);
+    with step 05 on, the last two are the network step's to write (``network._write_etc``)."""
     with open(os.path.join(c.dir, "hostname"), "w") as f:
         f.write(c.hostname + "\n")
+    if any(step.name == "network" for step in c.steps):
+        return
     with open(os.path.join(c.dir, "hosts"), "w") as f:
         f.write("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
                 f"127.0.1.1\t{c.hostname}\n")

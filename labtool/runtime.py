@@ -6,17 +6,19 @@ module, and ``labtool run --upto STEP`` runs a container with the steps up to ST
 Every step module has the same small shape (each function is optional):
 
     prepare(c)         on the host, before the child exists   (copy the rootfs, mount overlay)
-    started(c, pid)    on the host, once the child exists     (map its user ids)
+    forked(c, pid)     on the host, while the child gets ready (make its cgroup)
+    started(c, pid)    on the host, once the child is ready   (map its user ids, plug in its network)
     in_child(c)        in the child, before exec               (mount /proc, pivot_root)
     before_pivot_root(c)  in the child, called by rootfs.in_child (bind mounts of host paths)
     teardown(c)        on the host, after the child is gone    (unmount)
 
 The child itself is made by ``namespaces.fork_into``: a fork, in new namespaces when
-step 02 is on. It waits until the parent's ``started`` work is done, settles into its
-namespaces (``namespaces.settle``), runs the in-child work, and execs the command; the very
-last thing before execve is ``capabilities.drop_privileges`` (step 06: everything before it, the
-mounts and pivot_root, still needs root's full power). The parent waits for it and hands its
-exit code back.
+step 02 is on. While it makes them, the parent does the ``forked`` work (the two run at
+once, on two CPUs); the child says "ready", waits until the parent's ``started`` work is
+done, settles into its namespaces (``namespaces.settle``), runs the in-child work, and
+execs the command; the very last thing before execve is ``capabilities.drop_privileges``
+(step 06: everything before it, the mounts and pivot_root, still needs root's full power).
+The parent waits for it and hands its exit code back.
 """
 
 import fcntl
@@ -28,7 +30,7 @@ import signal
 import socket
 import termios
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from labtool import (capabilities, cgroups, explain, images, init, mounts, namespaces, network, overlay, paths,
                      privileged, process, rootfs)
@@ -107,7 +109,7 @@ def new_container(spec):
     spec.id = spec.id or os.urandom(32).hex()
     c = build(spec)
     os.makedirs(c.dir)
-    _write_json(c, "config.json", asdict(spec))
+    containers.write_json(os.path.join(c.dir, "config.json"), spec)
     return c
 
 
@@ -195,13 +197,6 @@ def _check_reachable_from_userns(path):
         if path == "/":
             return
         path = os.path.dirname(path)
-
-
-def _write_json(c, name, data):
-    tmp = os.path.join(c.dir, name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, os.path.join(c.dir, name))
 
 
 def command_of(spec, image):
@@ -319,6 +314,9 @@ def _fork_and_release(c, sibling=False):
     c.pid, c.errors_r = pid, errors_r
     process.forward_signals(pid)   # like docker's sig-proxy
     try:
+        for step in c.steps:                    # meanwhile, the child makes its namespaces
+            if hasattr(step.module, "forked"):
+                step.module.forked(c, pid)
         if os.read(ready_r, 1):                 # empty: the child died before it was ready
             for step in c.steps:
                 if hasattr(step.module, "started"):
@@ -554,30 +552,37 @@ def exec_in(name, argv, env=(), cwd="", user="", explain_it=False, interactive=F
 after_reply = None
 
 
+def _delete(container_dir):
+    """``rm -rf`` of a container's directory, after making sure nothing is mounted in it
+    (rmtree would go down into a mount and delete what is *there*)."""
+    if mounts.unmount_under(container_dir) and mounts.mounts_under(container_dir):
+        raise LabtoolError(f"refusing to delete {container_dir}: something is still mounted in it")
+    shutil.rmtree(container_dir, ignore_errors=True)
+
+
 def _remove_after_reply(container_dir):
     """Take the container out of sight at once: ``rename(2)`` is atomic, so a ``ps -a`` or a
     ``run --name`` the moment after sees it gone and its name free; its files (a dozen
-    directories, 2 ms) are deleted once the client has its exit code. Nothing is mounted in
-    it any more (``remove`` made sure); ``labtool reset`` deletes what a killed worker left."""
+    directories, 2 ms) are deleted once the client has its exit code, and the check that
+    nothing is mounted in them is done then too (a rename moves a mount below the directory
+    along; it deletes nothing). What a killed worker left, ``labtool reset`` deletes."""
     trash = os.path.join(paths.removing_dir(), os.path.basename(container_dir))
     try:
         os.makedirs(paths.removing_dir(), mode=0o700, exist_ok=True)
         os.rename(container_dir, trash)
     except OSError:
-        shutil.rmtree(container_dir, ignore_errors=True)
+        _delete(container_dir)
         return
-    after_reply.append(lambda: shutil.rmtree(trash, ignore_errors=True))
+    after_reply.append(lambda: _delete(trash))
 
 
 def remove(container_dir, volumes=False):
     """Delete a container's directory, after making sure nothing is mounted in it; with
     ``volumes`` (``rm -v``, ``run --rm``) its anonymous volumes too, unless another
     container uses them."""
-    if mounts.unmount_under(container_dir) and mounts.mounts_under(container_dir):
-        raise LabtoolError(f"refusing to delete {container_dir}: something is still mounted in it")
     used = containers.read_json(os.path.join(container_dir, "mounts.json")) or []
     if after_reply is None:
-        shutil.rmtree(container_dir, ignore_errors=True)
+        _delete(container_dir)
     else:
         _remove_after_reply(container_dir)
     if volumes and any(m.get("Type") == "volume" for m in used):

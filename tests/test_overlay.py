@@ -60,6 +60,21 @@ def test_root_is_an_overlay_of_the_image_layers(run, names):
     assert os.listdir(s["UpperDir"]) == []                          # no changes yet
 
 
+def test_every_container_shares_one_init_layer(run, names, labtool_root):
+    """The init layer is the same for every container: made once (lib/init), never written."""
+    first, second = names("init-a"), names("init-b")
+    for name in (first, second):
+        assert run("run", "--name", name, "busybox", "true").returncode == 0
+    init = overlay.storage(first)["LowerDir"][-1]
+    assert init == overlay.storage(second)["LowerDir"][-1] == os.path.join(labtool_root, "lib", "init")
+    assert sorted(os.listdir(init)) == ["dev", "etc", "proc", "sys"]
+    assert sorted(os.listdir(os.path.join(init, "etc"))) == ["hostname", "hosts", "resolv.conf"]
+    assert all(os.path.getsize(os.path.join(init, "etc", f)) == 0 for f in os.listdir(os.path.join(init, "etc")))
+    p = run("run", "--rm", "busybox", "sh", "-c", "echo changed > /etc/motd")
+    assert p.returncode == 0, p.stderr
+    assert not os.path.exists(os.path.join(init, "etc", "motd"))       # changes go to the upper layer
+
+
 def test_only_a_run_rm_upper_layer_is_volatile(run, names):
     """--rm: overlayfs never syncs what the container wrote (it is deleted at the end)."""
     p = run("run", "--rm", "busybox", "grep", " / ", "/proc/mounts")

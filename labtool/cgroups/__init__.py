@@ -54,10 +54,10 @@ def mounts(mountinfo="/proc/self/mountinfo"):
     return found
 
 
-def layout(mountinfo="/proc/self/mountinfo"):
+def layout(mountinfo="/proc/self/mountinfo", found=None):
     """"v2" (one unified tree), "hybrid" (v1 controllers and a v2 tree beside them),
-    "v1", or "none"."""
-    kinds = {fstype for _, fstype, _ in mounts(mountinfo)}
+    "v1", or "none". ``found``: what ``mounts`` returned, if it was read already."""
+    kinds = {fstype for _, fstype, _ in (mounts(mountinfo) if found is None else found)}
     if kinds == {"cgroup2"}:
         return "v2"
     if kinds == {"cgroup", "cgroup2"}:
@@ -109,13 +109,14 @@ def describe_kind(kind):
 def backend():
     """The cgroup interface of this machine: a ``v1.Tree``, a ``v2.Tree`` or, under systemd,
     a ``systemd.Tree``; its ``why`` says why that one."""
-    kind = layout()
+    found = mounts()
+    kind = layout(found=found)
     name, why = driver(kind)
     if kind in ("v1", "hybrid"):
         from labtool.cgroups import v1
-        tree = v1.Tree.from_mounts(mounts())
+        tree = v1.Tree.from_mounts(found)
     elif kind == "v2":
-        mount = [m for m, fstype, _ in mounts() if fstype == "cgroup2"][0]
+        mount = [m for m, fstype, _ in found if fstype == "cgroup2"][0]
         if name == "systemd":
             from labtool.cgroups import systemd
             tree = systemd.Tree(mount)
@@ -208,20 +209,21 @@ def check(res):
 def prepare(c):
     """Host side, before the child exists: pick the driver and check what can be checked
     (systemd: is busctl there). Nothing is made yet: under systemd a cgroup is made around a
-    process (see ``started``)."""
+    process (see ``forked``)."""
     tree = backend()
     explain.say("cgroups", f"driver {tree.driver}", tree.why)
     tree.check()
     c.cgroup = tree.cgroup(c.id)
 
 
-def started(c, pid):
-    """Host side, once the child exists: make its cgroup, write the limits, put the child
-    in. Everything it forks from now on is born in there too.
+def forked(c, pid):
+    """Host side, right after the fork: make the child's cgroup, write the limits, put the
+    child in. Everything it forks from now on is born in there too.
 
     Why here and not in ``prepare``: under systemd a cgroup is made *around* a process
     (StartTransientUnit with PIDs=, see ``systemd.py``), so it can only exist once the pid
-    does. Nothing runs unlimited meanwhile: the child is forked, says "ready", and then
+    does. And it costs no time here: the child is busy making its namespaces meanwhile
+    (on another CPU), then says "ready". Nothing runs unlimited meanwhile: the child
     blocks on its "go" pipe (``runtime._fork_and_release``) until every step's ``started``
     has returned; only then does it exec the container's command. And with both drivers the
     limits are in force before the pid lands: with cgroupfs labtool does mkdir, writes the
@@ -290,6 +292,16 @@ def write(path, value, why=""):
         f.write(str(value))
 
 
+def write_each(path, values, why=""):
+    """Write several values into one cgroup file, one write(2) each (``devices.allow`` takes
+    one rule per write), through one open file."""
+    with open(path, "wb", buffering=0) as f:
+        for value in values:
+            explain.say("cgroups", f"write {value} > {short(path)}", why)
+            f.write(str(value).encode())
+            why = ""
+
+
 def read(path):
     with open(path) as f:
         return f.read().strip()
@@ -300,9 +312,12 @@ def make_dir(path, why=""):
     os.mkdir(path)
 
 
+CONTAINER_ID = re.compile(r"[0-9a-f]{64}")   # compiled once, in the daemon, before any fork
+
+
 def short(path):
     """A path as --explain shows it: a container id cut to its first 12 digits."""
-    return re.sub(r"[0-9a-f]{64}", lambda m: m[0][:12], path)
+    return CONTAINER_ID.sub(lambda m: m[0][:12], path)
 
 
 def kill_all(list_pids, timeout=5.0):

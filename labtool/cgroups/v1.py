@@ -13,11 +13,12 @@ so one container has one directory in each tree, and its pid is written into eac
 """
 
 import errno
+import itertools
 import os
 from dataclasses import dataclass
 
 from labtool import explain
-from labtool.cgroups import PARENT, kill_all, read, remove_dir, short, write
+from labtool.cgroups import PARENT, kill_all, read, remove_dir, short, write, write_each
 
 # The controllers labtool uses, and what for.
 CONTROLLERS = {
@@ -106,8 +107,11 @@ class Cgroup:
                 os.mkdir(parent)
             except FileExistsError:
                 pass                      # another labtool made it a moment ago
-        if "cpuset" in self.dirs:
+        if "cpuset" in self.dirs and os.path.dirname(self.dirs["cpuset"]) in parents:
             _inherit_cpuset(os.path.dirname(self.dirs["cpuset"]))
+            # and its children copy its CPUs and memory nodes when they are made (man 7 cgroups)
+            write(os.path.join(os.path.dirname(self.dirs["cpuset"]), "cgroup.clone_children"), 1,
+                  "every new cgroup below starts with our CPUs and memory nodes")
         explain.say("cgroups", f"mkdir {_spell(dirs)}", "one cgroup of the container's own in each controller's tree")
         for directory in dirs:
             try:
@@ -142,10 +146,11 @@ class Cgroup:
         if "devices" in self.dirs and rules is None:       # --privileged (step 07): no rules
             write(self.path("devices", "devices.allow"), "a", "--privileged: every device, any access")
         elif "devices" in self.dirs:
-            for rule in rules:
-                name = "devices.allow" if rule.allow else "devices.deny"
-                write(self.path("devices", name), rule.v1_line(),
-                      "deny every device first" if rule.type == "a" and not rule.allow else "")
+            for allow, group in itertools.groupby(rules, key=lambda rule: rule.allow):
+                group = list(group)
+                write_each(self.path("devices", "devices.allow" if allow else "devices.deny"),
+                           [rule.v1_line() for rule in group],
+                           "deny every device first" if group[0].type == "a" and not allow else "")
 
     def add(self, pid):
         explain.say("cgroups", f"write {pid} > {_spell(self.distinct_dirs())}/cgroup.procs",

@@ -89,10 +89,15 @@ def read_json(path):
 
 
 def write_json(path, data):
-    """Write to a new file, then rename it over the old one: readers see old or new, never half."""
+    """Write to a new file, then rename it over the old one: readers see old or new, never half.
+
+    One line, as Docker writes its own (``python3 -m json.tool FILE`` shows it indented):
+    ``json.dumps`` without ``indent`` is done by the json module's C encoder, ten times
+    faster than the Python one that indenting needs; a container start writes four such
+    files. ``default=vars``: a dataclass (the spec) is written as its fields."""
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
+        f.write(json.dumps(data, default=vars))
     os.replace(tmp, path)
 
 

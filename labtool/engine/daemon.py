@@ -264,7 +264,10 @@ class Daemon:
         signal.signal(signal.SIGTERM, lambda *_: self.stop())
         self.spare = self.fork_spare()
         while not (self.stopping and not self.workers):
-            for key, _ in self.sel.select(timeout=1):
+            events = self.sel.select(timeout=1)
+            if not events:
+                self.replenish()                  # a long command (run -it) has not replied yet
+            for key, _ in events:
                 if self.sel.get_map().get(key.fd) is not key:
                     continue                      # gone with an earlier event of this round
                 kind, data = key.data
@@ -366,7 +369,6 @@ class Daemon:
         self.sel.register(conn, selectors.EVENT_READ, ("client", pidfd))
         self.sel.register(channel, selectors.EVENT_READ, ("spawn", pidfd))
         _tell(conn, f"pid {pid}".encode())       # (a quick command: the client may be gone)
-        self.spare = self.fork_spare()            # the next one, while this one works
 
     def fork_spare(self):
         """A worker forked ahead of time, waiting for the next command: forking the daemon
@@ -488,6 +490,16 @@ class Daemon:
             pass
         conn.close()
         self.last_activity = time.monotonic()
+        self.replenish()
+
+    def replenish(self):
+        """Fork the next spare worker, if there is none. Not the moment a worker takes a
+        command: a fork of the daemon and the spare's rehearsal would compete for the CPUs
+        with that command (two, on the lab's VM); once its client has the exit code, they
+        are done long before the next command comes, unless commands come at once (then
+        ``hand_over`` forks one on the spot)."""
+        if self.spare is None and not self.stopping:
+            self.spare = self.fork_spare()
 
     def client_gone(self, pidfd):
         """The client closed its end: it was killed (its command dies too), or it has the
@@ -522,6 +534,7 @@ class Daemon:
             os.set_inheritable(fd, False)         # never into the container (recv_fds drops flags)
         if message == REPLIED:                    # (see client_gone)
             self.replied.add(pidfd)
+            self.replenish()
             return
         request = client.decode_request(message) if message else None
         if request is None or len(fds) != 1 or len(request["argv"]) != 1:

@@ -88,6 +88,8 @@ class Supervisor:
             # one that restarts goes straight to "restarting" (decided under the lock: a `stop`
             # at this very moment is either seen here or sees "restarting")
             status = "exited" if self.started else "created"
+            if c.spec.remove and self.attached:
+                break            # run --rm: the container goes now, and its caller gets the code from us
 
             def decide(state):
                 if should_restart(c.spec.restart, code, state.get("RestartCount", 0), state):
