@@ -238,7 +238,7 @@ class Plan:
         the permitted and effective sets alone: the user switch that follows still works.
         """
         outside = [n for n in range(last_cap() + 1) if not self.caps >> n & 1]
-        if outside:
+        if outside and explain.enabled:
             shown = [name_of(n) for n in sorted(outside, key=_notable_first)]
             more = f"|... {len(outside)} in all" if len(outside) > 4 else ""
             explain.say("capabilities", f"prctl(PR_CAPBSET_DROP, {'|'.join(shown[:4])}{more})",

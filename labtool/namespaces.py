@@ -115,8 +115,9 @@ def fork_into(namespaces, sibling=False):
         new = flags_for(k for k, path in namespaces.items()
                         if path is None and not (k == "pid" and parent_does_pid) and k != "cgroup")
         if new:
-            explain.say("namespaces", f"unshare({explain.flag_names(new, FLAG_NAMES)})",
-                        "new namespaces for the child")
+            if explain.enabled:
+                explain.say("namespaces", f"unshare({explain.flag_names(new, FLAG_NAMES)})",
+                            "new namespaces for the child")
             syscalls.unshare(new)
     return pid
 

@@ -21,6 +21,7 @@ execs the command; the very last thing before execve is ``capabilities.drop_priv
 The parent waits for it and hands its exit code back.
 """
 
+import _signal
 import fcntl
 import json
 import os
@@ -304,11 +305,12 @@ def _fork_and_release(c, sibling=False):
     errors_r, errors_w = os.pipe2(os.O_CLOEXEC)   # closes by itself when exec succeeds
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
     go_r, go_w = os.pipe()
+    handled = _handled_signals()
     pid = namespaces.fork_into(c.namespaces, sibling)
     if pid == 0:
         for fd in (errors_r, ready_r, go_w):
             os.close(fd)
-        _child(c, argv, env, errors_w, ready_w, go_r)       # never returns
+        _child(c, argv, env, errors_w, ready_w, go_r, handled)   # never returns
     for fd in (errors_w, ready_w, go_r):
         os.close(fd)
     c.pid, c.errors_r = pid, errors_r
@@ -352,10 +354,10 @@ def _outcome(status, problem):
     return process.exit_code(status)
 
 
-def _child(c, argv, env, errors_w, ready_w, go_r):
+def _child(c, argv, env, errors_w, ready_w, go_r, handled):
     """In the child: wait for the parent, do every step's in-child work, exec the command."""
     try:
-        _default_signals()
+        _default_signals(handled)
         _take_stdio(c)
         os.write(ready_w, b"r")
         if os.read(go_r, 1) != b"g":
@@ -385,18 +387,30 @@ def _quietly(function, *args):
         function(*args)
 
 
-def _default_signals():
+def _handled_signals():
+    """The signals this process does not leave at their default action, as numbers: asked
+    before a fork, so that the child only has to reset them (``_default_signals``)."""
+    return [sig for sig in range(1, signal.NSIG) if sig not in (signal.SIGKILL, signal.SIGSTOP)
+            and signal.getsignal(sig) not in (signal.SIG_DFL, None)]   # (None: glibc's own, 32 and 33)
+
+
+def _default_signals(handled):
     """The command starts with every signal at its default action and none blocked: Python
     ignores SIGPIPE, a detached supervisor ignores SIGHUP, and an ignored signal stays
-    ignored across execve (man 7 signal) - a shell could not even trap it."""
-    for sig in signal.valid_signals():
-        # (those at their default already are left alone: 64 calls to sigaction cost 0.4 ms)
-        if sig not in (signal.SIGKILL, signal.SIGSTOP) and signal.getsignal(sig) != signal.SIG_DFL:
-            try:
-                signal.signal(sig, signal.SIG_DFL)
-            except (OSError, ValueError):
-                pass
-    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    ignored across execve (man 7 signal) - a shell could not even trap it. ``handled``: those
+    not at their default (``_handled_signals``, asked by the parent).
+
+    Why so frugal: a forked child shares its parent's memory until one of them writes to it;
+    then the kernel copies the page (copy-on-write: 4 us a page on the lab's VM, and a child
+    of labtool copies some 700 before its execve). Looking at all 64 signals here, through
+    the ``signal`` module's enum wrappers, cost 90 copied pages; the C functions of
+    ``_signal`` on the few that need it, a handful."""
+    for sig in handled:
+        try:
+            _signal.signal(sig, _signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+    _signal.pthread_sigmask(_signal.SIG_SETMASK, [])
 
 
 def _take_stdio(c):
@@ -514,11 +528,12 @@ def exec_in(name, argv, env=(), cwd="", user="", explain_it=False, interactive=F
     # the same capabilities as the container's command (docker exec without --privileged)
     privileges = (capabilities.plan(spec_from_dict(spec).capabilities, privileged=spec.get("privileged", False))
                   if "capabilities" in steps else None)
+    handled = _handled_signals()
     pid = namespaces.fork_into({} if same_pid_ns else {"pid": pid_ns})
     if pid == 0:
         try:
             os.close(errors_r)
-            _default_signals()
+            _default_signals(handled)
             if cgroup:
                 cgroup.add(os.getpid())     # a pid of the container's PID namespace: ours now
             namespaces.join(target)                 # mnt last: we land in the container's root

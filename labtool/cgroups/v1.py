@@ -169,11 +169,15 @@ class Cgroup:
         a container's start. A thread that moves *itself* needs no such lock (it cannot
         exit or exec meanwhile), and a process of one thread is then wholly inside; its
         children are born there (kernel/cgroup/cgroup.c, cgroup_procs_write_start)."""
-        explain.say("cgroups", f"write 0 > {_spell(self.distinct_dirs())}/tasks",
-                    "the child moves itself in (0: the caller); all it forks lives here too")
-        for directory in self.distinct_dirs():
-            with open(os.path.join(directory, "tasks"), "w") as f:
-                f.write("0")
+        if explain.enabled:
+            explain.say("cgroups", f"write 0 > {_spell(self.distinct_dirs())}/tasks",
+                        "the child moves itself in (0: the caller); all it forks lives here too")
+        for directory in self.distinct_dirs():     # (os.open: in the child, every page counts)
+            fd = os.open(directory + "/tasks", os.O_WRONLY)
+            try:
+                os.write(fd, b"0")
+            finally:
+                os.close(fd)
 
     # --- reading it -----------------------------------------------------------------------
 
