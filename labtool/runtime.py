@@ -401,10 +401,10 @@ def _default_signals(handled):
     not at their default (``_handled_signals``, asked by the parent).
 
     Why so frugal: a forked child shares its parent's memory until one of them writes to it;
-    then the kernel copies the page (copy-on-write: 4 us a page on the lab's VM, and a child
-    of labtool copies some 700 before its execve). Looking at all 64 signals here, through
-    the ``signal`` module's enum wrappers, cost 90 copied pages; the C functions of
-    ``_signal`` on the few that need it, a handful."""
+    then the kernel copies the page (copy-on-write: 3 to 4 us a page on the lab's VM, see
+    bench/cow.py), and a child of labtool copies some 600 before its execve. Looking at all
+    64 signals here, through the ``signal`` module's enum wrappers, cost 90 copied pages;
+    the C functions of ``_signal`` on the few that need it, a handful."""
     for sig in handled:
         try:
             _signal.signal(sig, _signal.SIG_DFL)

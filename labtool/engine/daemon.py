@@ -201,7 +201,7 @@ def become_supervisor(request, report_fd):
 def _rehearse():
     """In a spare worker, while it waits: parse a typical command and plan its container,
     and read what making it reads, writing nothing anywhere. The memory pages this touches
-    are copied now (copy-on-write: a page fault and 4 us each on the lab's VM; a ``run``
+    are copied now (copy-on-write: 3 to 4 us each on the lab's VM, bench/cow.py; a ``run``
     touches some 300 before its fork), not while a command waits."""
     import json
 
