@@ -55,6 +55,7 @@ def _parser():
     ex.add_argument("--explain", action="store_true", help="narrate every kernel action on stderr")
     ex.add_argument("--interactive", "-i", action="store_true", help="keep stdin open (attach yours)")
     ex.add_argument("--tty", "-t", action="store_true", help="a pseudo-terminal for the command")
+    ex.add_argument("--privileged", action="store_true", help="every capability for this command (step 07)")
     ex.add_argument("container")
     ex.add_argument("args", nargs=argparse.REMAINDER, metavar="CMD")
 
@@ -479,17 +480,13 @@ def cmd_restart(a):
 
 
 def cmd_kill(a):
-    import signal
-
+    from labtool import process
     from labtool.engine import lifecycle
 
     _needs_root("labtool kill")
-    name = a.signal.upper()
-    name = name if name.startswith("SIG") or name.isdigit() else "SIG" + name
-    try:
-        sig = signal.Signals(int(name)) if name.isdigit() else signal.Signals[name]
-    except (KeyError, ValueError):
-        raise UsageError(f"invalid signal: {a.signal}") from None
+    sig = process.parse_signal(a.signal)
+    if sig is None:
+        raise UsageError(f"invalid signal: {a.signal}")
     return _each(a.containers, lambda n: lifecycle.kill(n, sig))
 
 
@@ -573,7 +570,7 @@ def cmd_exec(a):
         raise UsageError("exec needs a command: labtool exec CONTAINER CMD...")
     _needs_a_terminal(a.tty, a.interactive)
     return runtime.exec_in(a.container, a.args, _env(a.env), a.workdir, a.user, a.explain,
-                           interactive=a.interactive, tty=a.tty)
+                           interactive=a.interactive, tty=a.tty, privileged=a.privileged)
 
 
 def cmd_images(a):
@@ -595,6 +592,8 @@ def cmd_build(a):
     args = {}
     for item in a.build_arg:
         key, sep, value = item.partition("=")
+        if not key.strip():
+            raise UsageError(f'invalid argument "{item}" for "--build-arg": use --build-arg NAME=VALUE')
         args[key] = value if sep else os.environ.get(key, "")
     image = build.build(build.Options(context=a.context, dockerfile=a.file, tags=a.tag, build_args=args,
                                       target=a.target, no_cache=a.no_cache, quiet=a.quiet))

@@ -18,6 +18,18 @@ cancel_on_interrupt = False
 interrupted = []                  # the signals that cancelled (build reads it after the step)
 
 
+def parse_signal(text):
+    """A signal as Docker spells it (``KILL``, ``SIGTERM``, ``sigint``, ``15``), or None when
+    it names none: for ``labtool kill -s``, ``STOPSIGNAL`` and ``labtool stop``."""
+    name = str(text).strip().upper()
+    try:
+        if name.isdigit():
+            return signal.Signals(int(name))
+        return signal.Signals[name if name.startswith("SIG") else "SIG" + name]
+    except (KeyError, ValueError):
+        return None
+
+
 def forward_signals(pid, signals=PASSED_ON):
     """From now on, pass these signals on to ``pid`` instead of dying of them."""
     def forward(signum, _frame):

@@ -506,7 +506,7 @@ def _lookup(command, path):
     raise CommandNotFound(f'exec: "{command}": executable file not found in $PATH')
 
 
-def exec_in(name, argv, env=(), cwd="", user="", explain_it=False, interactive=False, tty=False):
+def exec_in(name, argv, env=(), cwd="", user="", explain_it=False, interactive=False, tty=False, privileged=False):
     """``labtool exec``: run a command inside a running container (setns, then fork).
 
     Without ``interactive`` (-i) its stdin is /dev/null, as in Docker; with ``tty`` (-t) it
@@ -525,8 +525,10 @@ def exec_in(name, argv, env=(), cwd="", user="", explain_it=False, interactive=F
     same_pid_ns = os.readlink(pid_ns) == os.readlink("/proc/self/ns/pid")
     steps = [s.name for s in active_steps(spec["upto"])]
     cgroup = cgroups.find(record.id) if "cgroups" in steps else None
-    # the same capabilities as the container's command (docker exec without --privileged)
-    privileges = (capabilities.plan(spec_from_dict(spec).capabilities, privileged=spec.get("privileged", False))
+    # the same capabilities as the container's command; every one with exec --privileged (as
+    # docker exec: the container's device rules and mounts stay as they are)
+    privileges = (capabilities.plan(spec_from_dict(spec).capabilities,
+                                    privileged=privileged or spec.get("privileged", False))
                   if "capabilities" in steps else None)
     handled = _handled_signals()
     pid = namespaces.fork_into({} if same_pid_ns else {"pid": pid_ns})

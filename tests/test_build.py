@@ -336,6 +336,7 @@ def test_ctrl_c_during_a_run_step_stops_the_build(tmp_path, images):
     ("FROM busybox\nEXPOSE 53/sctp\n", "Dockerfile:2: EXPOSE: invalid port '53/sctp'"),
     ("FROM nosuchimage\n", "Dockerfile:1: Unable to find image 'nosuchimage:latest' locally"),
     ("FROM busybox\nENV\n", "Dockerfile:2: ENV requires at least one argument"),
+    ("FROM busybox\nSTOPSIGNAL SIGNOPE\n", "Dockerfile:2: STOPSIGNAL: invalid signal: 'SIGNOPE'"),
 ])
 def test_dockerfile_mistakes_are_one_line_naming_file_and_line(tmp_path, dockerfile, message):
     before = containers_left()
@@ -358,6 +359,7 @@ def test_bad_build_flags(tmp_path):
     assert "invalid reference format" in one_line_error(build(top, "-t", "Bad Name"))
     assert "Dockerfile path" in one_line_error(build(top, "-f", "nosuch"))
     assert "not found" in one_line_error(labtool("build", str(tmp_path / "nosuch")))
+    assert '"=x" for "--build-arg"' in one_line_error(build(top, "--build-arg", "=x"))
     assert "context must be a directory" in one_line_error(labtool("build", os.path.join(top, "Dockerfile")))
     assert "is a directory" in one_line_error(build(top, "-f", top))
     p = build(top, "-q")

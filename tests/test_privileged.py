@@ -199,6 +199,19 @@ def test_exec_in_a_privileged_container_holds_every_capability(run, names):
     assert int(p.stdout.split()[1], 16) == HOST_BOUNDING
 
 
+def test_exec_privileged_gives_one_command_every_capability(run, names):
+    """docker exec --privileged: this command has every capability; the container keeps Docker's 14."""
+    name = names("execpriv")
+    assert run("run", "-d", "--name", name, "busybox", "sleep", "30").returncode == 0
+    caps = {flag: run("exec", *flag, name, "grep", "CapEff", "/proc/self/status") for flag in ((), ("--privileged",))}
+    assert all(p.returncode == 0 for p in caps.values()), caps
+    assert int(caps[()].stdout.split()[1], 16) == DEFAULT
+    assert int(caps[("--privileged",)].stdout.split()[1], 16) == HOST_BOUNDING
+    p = run("exec", name, "ip", "link", "set", "lo", "down")        # CAP_NET_ADMIN: not without it
+    assert p.returncode != 0 and "not permitted" in p.stderr
+    assert run("exec", "--privileged", name, "ip", "link", "set", "lo", "down").returncode == 0
+
+
 # --- lifecycle: "uncontainerized", yet managed -----------------------------------------------
 
 def _wait_for(condition, timeout=10):

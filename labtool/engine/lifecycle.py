@@ -24,7 +24,7 @@ import signal
 import subprocess
 import time
 
-from labtool import paths, runtime
+from labtool import paths, process, runtime
 from labtool.engine import containers, names, supervisor
 from labtool.errors import LabtoolError, UsageError
 
@@ -103,12 +103,7 @@ def _stop_signal(record):
     except LabtoolError:
         image = None
     name = ((image.config.get("config") or {}).get("StopSignal") or "") if image else ""
-    name = name.upper() if not name.isdigit() else name
-    try:
-        return signal.Signals(int(name)) if name.isdigit() else signal.Signals[
-            name if name.startswith("SIG") else "SIG" + name]
-    except (KeyError, ValueError):
-        return signal.SIGTERM
+    return (process.parse_signal(name) if name else None) or signal.SIGTERM
 
 
 def kill(name_or_id, sig=signal.SIGKILL):

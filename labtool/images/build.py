@@ -33,7 +33,7 @@ import sys
 import tarfile
 from dataclasses import dataclass, field
 
-from labtool import changes
+from labtool import changes, process
 from labtool.errors import LabtoolError, UsageError
 from labtool.images import context as ctx
 from labtool.images import dockerfile, reference, store
@@ -266,7 +266,10 @@ class Builder:
         elif kw == "USER":
             settings["User"] = shown = dockerfile.expand(ins.args.strip(), values, self.df.escape)
         elif kw == "STOPSIGNAL":
-            settings["StopSignal"] = shown = dockerfile.expand(ins.args.strip(), values, self.df.escape)
+            shown = dockerfile.expand(ins.args.strip(), values, self.df.escape)
+            if process.parse_signal(shown) is None:
+                raise self.df.error(ins, f"STOPSIGNAL: invalid signal: {shown!r} (a name like SIGINT, or a number)")
+            settings["StopSignal"] = shown
         elif kw == "MAINTAINER":
             config["author"] = shown = ins.args.strip()
         elif kw == "SHELL":
@@ -304,8 +307,8 @@ class Builder:
     def run_step(self, stage, ins):
         import signal
 
+        from labtool import runtime
         from labtool.engine import lifecycle, supervisor
-        from labtool import process, runtime
         from labtool.spec import ContainerSpec, Process
 
         argv = self.command(stage, ins.args)
