@@ -291,9 +291,16 @@ def test_connect_and_disconnect_live(run, names, networks):
     links = run("exec", client, "ip", "-o", "-4", "addr").stdout
     assert "eth1" in links
     assert fetch(run, client, url).returncode == 0                         # at once, same process
-    assert set(inspect(run, client)["NetworkSettings"]["Networks"]) == {left, right}
+    networks_now = inspect(run, client)["NetworkSettings"]["Networks"]
+    assert set(networks_now) == {left, right}
+    mine = [networks_now[n]["IPAddress"] for n in (right, left)]
+    hostname = run("exec", client, "hostname").stdout.strip()
+    hosts = run("exec", client, "cat", "/etc/hosts").stdout         # named by both addresses, as Docker's
+    assert [line.split()[0] for line in hosts.splitlines() if line.split()[1:] == [hostname]] == mine, hosts
     assert run("network", "disconnect", left, client).returncode == 0
     assert "eth1" not in run("exec", client, "ip", "-o", "link").stdout
+    hosts = run("exec", client, "cat", "/etc/hosts").stdout
+    assert [line.split()[0] for line in hosts.splitlines() if line.split()[1:] == [hostname]] == mine[:1], hosts
     assert fetch(run, client, url, timeout=1).returncode != 0
     p = run("network", "disconnect", left, client)
     assert p.returncode == 125 and "is not connected" in p.stderr

@@ -344,6 +344,7 @@ def connect(network_name, container, aliases=()):
             raise
         from labtool.network import dns, etc
 
+        etc.name_own_address(os.path.join(paths.container_dir(record.id), "hosts"), address, _hostname(record))
         if network["Name"] != store.DEFAULT and record.id not in dns.attached():
             servers = record.config.get("network", {}).get("dns", [])
             _attach_dns(record.id, pid, store.endpoints_of(record.id), servers)
@@ -353,6 +354,10 @@ def connect(network_name, container, aliases=()):
                                etc.resolv_text(True, servers))
     entries.append({"Network": network["Name"], "Aliases": list(aliases)})
     store.save_attachments(record.id, entries)
+
+
+def _hostname(record):
+    return record.config.get("hostname") or record.id[:12]
 
 
 def disconnect(network_name, container, force=False):
@@ -369,9 +374,13 @@ def disconnect(network_name, container, force=False):
                            f"{network['Name']}")
     endpoint = network["Containers"].get(record.id)
     if endpoint:                   # (its rules are on its first network: they stay)
+        from labtool.network import etc
+
         explain.say("network", f"netlink: ip link del {endpoint['Veth']}", "unplug it from that bridge")
         bridge.remove_link(endpoint["Veth"])
         store.release(network["Id"], record.id)
+        etc.name_own_address(os.path.join(paths.container_dir(record.id), "hosts"),
+                             endpoint["IPv4Address"].split("/")[0], _hostname(record), named=False)
     store.save_attachments(record.id, kept)
     if not any(n["Name"] != store.DEFAULT for n, _ in store.endpoints_of(record.id)):
         _detach_dns(record.id)

@@ -86,6 +86,19 @@ def resolv_text(embedded, dns=()):
     return "".join(lines)
 
 
+def name_own_address(path, address, hostname, named=True):
+    """``network connect`` and ``disconnect`` of a running container: its /etc/hosts gains (or
+    loses) the line that names it by its address on that network, as Docker's does."""
+    line = f"{address}\t{hostname}\n"
+    try:
+        with open(path) as f:
+            lines = f.readlines()
+    except FileNotFoundError:
+        return
+    kept = [x for x in lines if x != line]
+    write_in_place(path, "".join(kept + ([line] if named else [])))
+
+
 def write_in_place(path, text):
     """Rewrite a file keeping its inode (a bind mount of it shows the new text at once)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
