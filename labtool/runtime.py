@@ -402,7 +402,7 @@ def _default_signals(handled):
 
     Why so frugal: a forked child shares its parent's memory until one of them writes to it;
     then the kernel copies the page (copy-on-write: 3 to 4 us a page on the lab's VM, see
-    bench/cow.py), and a child of labtool copies some 600 before its execve. Looking at all
+    bench/cow.py), and a child of labtool copies some 630 before its execve. Looking at all
     64 signals here, through the ``signal`` module's enum wrappers, cost 90 copied pages;
     the C functions of ``_signal`` on the few that need it, a handful."""
     for sig in handled:
