@@ -129,6 +129,7 @@ def _warm_up():
     from labtool import cgroups, changes, cli, info, runtime, volumes  # noqa: F401
     from labtool.engine import lifecycle, logs, names, ps, supervisor  # noqa: F401
     from labtool.network import etc  # noqa: F401 - /etc/hosts and friends, for every run
+    from labtool.network import ipam, links, naming, ports, store  # noqa: F401 - a run on a bridge plans with them
 
     try:
         cgroups.backend()                         # imports this machine's cgroup backend
