@@ -677,15 +677,19 @@ def cmd_image(a):
     elif a.action == "prune":
         _needs_root("labtool image prune")
         which = "all images without at least one container associated to them" if a.all else "all dangling images"
-        if not a.force:
-            print(f"WARNING! This will remove {which}.\nAre you sure you want to continue? [y/N] ", end="", flush=True)
-            if sys.stdin.readline().strip().lower() not in ("y", "yes"):
-                return 0
+        if not a.force and not _confirmed(f"This will remove {which}."):
+            return 0
         lines, freed = remove.prune(everything=a.all)
         if lines:
             print("Deleted Images:", *lines, "", sep="\n")
         print(f"Total reclaimed space: {_human(freed)}")
     return 0
+
+
+def _confirmed(warning):
+    """Docker's question before a prune (-f skips it): yes only for y or yes."""
+    print(f"WARNING! {warning}\nAre you sure you want to continue? [y/N] ", end="", flush=True)
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
 
 
 def _human(n):
@@ -794,11 +798,8 @@ def cmd_volume(a):
         return 125 if _each(a.names, volumes.remove) else 0
     elif a.action == "prune":
         which = "local volumes" if a.all else "anonymous local volumes"
-        if not a.force:
-            print(f"WARNING! This will remove {which} not used by at least one container.\n"
-                  "Are you sure you want to continue? [y/N] ", end="", flush=True)
-            if sys.stdin.readline().strip().lower() not in ("y", "yes"):
-                return 0
+        if not a.force and not _confirmed(f"This will remove {which} not used by at least one container."):
+            return 0
         removed, freed = volumes.prune(everything=a.all)
         if removed:
             print("Deleted Volumes:", *removed, "", sep="\n")
@@ -844,11 +845,8 @@ def cmd_network(a):
     elif a.action == "rm":
         return _each(a.names, store.remove)
     elif a.action == "prune":
-        if not a.force:
-            print("WARNING! This will remove all custom networks not used by at least one container.\n"
-                  "Are you sure you want to continue? [y/N] ", end="", flush=True)
-            if sys.stdin.readline().strip().lower() not in ("y", "yes"):
-                return 0
+        if not a.force and not _confirmed("This will remove all custom networks not used by at least one container."):
+            return 0
         removed = store.prune()
         if removed:
             print("Deleted Networks:", *removed, sep="\n")
