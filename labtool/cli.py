@@ -26,7 +26,7 @@ import argparse
 import os
 import sys
 
-from labtool import paths
+from labtool import paths, units
 from labtool.errors import LabtoolError, NeedsRoot, UsageError
 
 
@@ -682,7 +682,7 @@ def cmd_image(a):
         lines, freed = remove.prune(everything=a.all)
         if lines:
             print("Deleted Images:", *lines, "", sep="\n")
-        print(f"Total reclaimed space: {_human(freed)}")
+        print(f"Total reclaimed space: {units.human_size(freed)}")
     return 0
 
 
@@ -690,13 +690,6 @@ def _confirmed(warning):
     """Docker's question before a prune (-f skips it): yes only for y or yes."""
     print(f"WARNING! {warning}\nAre you sure you want to continue? [y/N] ", end="", flush=True)
     return sys.stdin.readline().strip().lower() in ("y", "yes")
-
-
-def _human(n):
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.3g}{unit}"
-        n /= 1000
 
 
 def cmd_stats(a):
@@ -803,7 +796,7 @@ def cmd_volume(a):
         removed, freed = volumes.prune(everything=a.all)
         if removed:
             print("Deleted Volumes:", *removed, "", sep="\n")
-        print(f"Total reclaimed space: {_human(freed)}")
+        print(f"Total reclaimed space: {units.human_size(freed)}")
     return 0
 
 

@@ -14,7 +14,7 @@ Docker's numbers, computed the way ``docker stats`` computes them:
 import os
 import time
 
-from labtool import cgroups
+from labtool import cgroups, units
 from labtool.engine import containers
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -96,35 +96,16 @@ def measure(targets, interval=1.0):
     return rows
 
 
-def binary_size(n):
-    """1.5MiB, as docker prints memory (units.BytesSize)."""
-    return _size(n, 1024.0, ["B", "KiB", "MiB", "GiB", "TiB"], "%.4g")
-
-
-def decimal_size(n):
-    """1.5MB, as docker prints network and disk bytes (units.HumanSize)."""
-    return _size(n, 1000.0, ["B", "kB", "MB", "GB", "TB"], "%.3g")
-
-
-def _size(n, base, units, fmt):
-    n = float(n)
-    i = 0
-    while n >= base and i < len(units) - 1:
-        n /= base
-        i += 1
-    return (fmt % n) + units[i]
-
-
 HEADER = ["CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "MEM %", "NET I/O", "BLOCK I/O", "PIDS"]
 
 
 def table(rows):
     """The rows as docker stats prints them: columns padded to the widest cell, 3 spaces apart."""
     cells = [HEADER] + [[r["id"][:12], r["name"], f"{r['cpu_percent']:.2f}%",
-                         f"{binary_size(r['memory'])} / {binary_size(r['limit'])}",
+                         f"{units.bytes_size(r['memory'])} / {units.bytes_size(r['limit'])}",
                          f"{r['memory_percent']:.2f}%",
-                         f"{decimal_size(r['net'][0])} / {decimal_size(r['net'][1])}",
-                         f"{decimal_size(r['block'][0])} / {decimal_size(r['block'][1])}",
+                         f"{units.human_size(r['net'][0])} / {units.human_size(r['net'][1])}",
+                         f"{units.human_size(r['block'][0])} / {units.human_size(r['block'][1])}",
                          str(r["pids"])] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(HEADER))]
     return "\n".join("   ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in cells)

@@ -33,7 +33,7 @@ import sys
 import tarfile
 from dataclasses import dataclass, field
 
-from labtool import changes, process
+from labtool import changes, process, units
 from labtool.errors import LabtoolError, UsageError
 from labtool.images import context as ctx
 from labtool.images import dockerfile, reference, store
@@ -122,7 +122,7 @@ class Builder:
         self.df = dockerfile.parse(text, os.path.basename(path))
         meta, stages = self.stages()
         self.context = ctx.Context(o.context)
-        self.say(f"Sending build context to Docker daemon  {human_size(self.context.size(), 4)}")
+        self.say(f"Sending build context to Docker daemon  {units.human_size(self.context.size(), 4)}")
         self.total = len(self.meta_args) + sum(1 + len(s.instructions) for s in stages)
         for ins in self.meta_args:              # Docker counts and shows the ARGs before FROM too
             self.begin(ins)
@@ -714,12 +714,3 @@ def _layer_of_container(container_dir):
 
 def short(image_id):
     return image_id.split(":")[-1][:12]
-
-
-def human_size(n, digits=3):
-    """Docker's sizes: decimal units, ``digits`` significant digits (2.048kB, 1.24MB, 0B)."""
-    n = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.{digits}g}{unit}"
-        n /= 1000

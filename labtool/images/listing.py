@@ -12,7 +12,8 @@ import datetime
 
 from labtool.errors import LabtoolError
 from labtool.images import store
-from labtool.images.build import human_size, short
+from labtool.images.build import short
+from labtool.units import human_size
 
 
 class NoSuchImage(LabtoolError):

@@ -45,6 +45,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from labtool import units
 from labtool.errors import LabtoolError, UsageError
 from labtool.images import reference, store
 
@@ -315,13 +316,6 @@ def _manifest(client, ref):
     return media, body, digest
 
 
-def _size(n):
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.3g}{unit}"
-        n /= 1000
-
-
 def _download(client, descriptor, directory, say, tty=False):
     """GET one blob into ``directory``, checking its sha256 as it streams; return the path.
     On a terminal, a ``Downloading 1.2MB/3.4MB`` line is rewritten as the bytes come."""
@@ -339,7 +333,8 @@ def _download(client, descriptor, directory, say, tty=False):
             size += len(chunk)
             f.write(chunk)
             if say and tty:
-                say(f"\r{short}: Downloading  {_size(size)}/{_size(descriptor.get('size', 0))}", end="")
+                total = descriptor.get("size", 0)
+                say(f"\r{short}: Downloading  {units.human_size(size)}/{units.human_size(total)}", end="")
     if say:
         say(("\r\033[K" if tty else "") + f"{short}: Verifying Checksum")
     if "sha256:" + sha.hexdigest() != digest:
