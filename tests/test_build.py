@@ -16,6 +16,15 @@ from conftest import labtool
 ID12 = r"[0-9a-f]{12}"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def no_untagged_images_left():
+    """Builds without -t leave untagged images, and their layers, in the run's root; the
+    notebooks share that root, and 04b's ``pull`` output says which layers "Already exists":
+    so they go at the end (``image prune``, as a learner would)."""
+    yield
+    assert labtool("image", "prune", "-f").returncode == 0
+
+
 def context(tmp_path, files, name="ctx"):
     """A build context directory with ``files`` ({relative path: text or bytes})."""
     top = tmp_path / name
