@@ -122,7 +122,6 @@ _CLONE_NR = {"x86_64": 56, "aarch64": 220, "armv7l": 120, "riscv64": 220}
 CLONE_PARENT = 0x00008000     # the child's parent is the caller's parent, not the caller
 
 
-
 def fork_sibling():
     """Like fork(2), but the child's parent is *our* parent: clone(CLONE_PARENT | SIGCHLD).
 

@@ -67,11 +67,7 @@ def start_attached(name_or_id):
     if record.status == "dead":
         cleanup(record)
     containers.update_state(record.id, StoppedByUser=False, Status="created")
-    sup = supervisor.Supervisor(runtime.load(record.id), attached=True)
-    code = sup.run()
-    if sup.error is not None and code in (125, 126, 127):
-        raise sup.error
-    return code
+    return supervisor.supervise_attached(runtime.load(record.id))
 
 
 def stop(name_or_id, timeout=10, sig=None):

@@ -459,8 +459,14 @@ def run_attached(spec):
     from labtool.engine import lifecycle
 
     c = lifecycle.create(spec, **supervisor_fields())    # one write of state.json fewer
+    return supervise_attached(c, recorded=True)
+
+
+def supervise_attached(c, recorded=False):
+    """Supervise container ``c`` from this process (``run`` without -d, ``start -a``): its
+    exit code, or the error that kept its command from starting."""
     supervisor = Supervisor(c, attached=True)
-    code = supervisor.run(recorded=True)
+    code = supervisor.run(recorded=recorded)
     if supervisor.error is not None and code in (125, 126, 127):
         raise supervisor.error            # "exec: ...: not found" and friends, as one line
     return code
