@@ -329,6 +329,17 @@ def _remove_default_bridge(root=None):
 
 # --- running labtool the way a user does ------------------------------------------------
 
+def until(what, timeout=10):
+    """Poll ``what()`` until it is true; its value (AssertionError after ``timeout`` seconds)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = what()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
 def labtool(*args, input=None, timeout=60, env=None):
     """Run ``python -m labtool ARGS`` of this checkout; return the CompletedProcess."""
     return subprocess.run([sys.executable, "-m", "labtool", *args], capture_output=True, text=True,

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, until
 
 TICK = "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done"
 
@@ -19,16 +19,6 @@ def inspect(run, name):
     p = run("inspect", name)
     assert p.returncode == 0, p.stderr
     return json.loads(p.stdout)[0]
-
-
-def until(what, timeout=10):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = what()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out")
 
 
 def ps_line(run, name, *flags):

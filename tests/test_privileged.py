@@ -9,10 +9,10 @@ guard also compares the attached loop devices before and after the run).
 import json
 import os
 import subprocess
-import time
 
 import pytest
 
+from conftest import until
 from labtool import cgroups, privileged
 from labtool.capabilities import mask_of, read_sets
 
@@ -214,15 +214,6 @@ def test_exec_privileged_gives_one_command_every_capability(run, names):
 
 # --- lifecycle: "uncontainerized", yet managed -----------------------------------------------
 
-def _wait_for(condition, timeout=10):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 @pytest.mark.parametrize("flags", [["--privileged"], ["--privileged", "--net", "host", "--pid", "host"]],
                          ids=["privileged", "privileged-host"])
 def test_lifecycle_run_ps_logs_stop_rm(run, names, flags):
@@ -231,7 +222,7 @@ def test_lifecycle_run_ps_logs_stop_rm(run, names, flags):
               "trap 'echo stopping; exit 3' TERM; while :; do sleep 0.1; done")
     p = run("run", "-d", "--name", name, *flags, "busybox", "sh", "-c", script)
     assert p.returncode == 0, p.stderr
-    assert _wait_for(lambda: "pid" in run("logs", name).stdout)
+    assert until(lambda: "pid" in run("logs", name).stdout)
     assert name in run("ps", "--filter", f"name={name}").stdout
     logs = dict(line.split() for line in run("logs", name).stdout.splitlines())
     pid = json.loads(run("inspect", name).stdout)[0]["State"]["Pid"]
@@ -247,7 +238,7 @@ def test_lifecycle_run_ps_logs_stop_rm(run, names, flags):
     state = json.loads(run("inspect", name).stdout)[0]["State"]
     assert (state["Status"], state["ExitCode"]) == ("exited", 3)
     assert "stopping" in run("logs", name).stdout
-    assert not os.path.exists(f"/proc/{pid}") or _wait_for(lambda: not os.path.exists(f"/proc/{pid}"))
+    assert not os.path.exists(f"/proc/{pid}") or until(lambda: not os.path.exists(f"/proc/{pid}"))
     assert run("rm", name).returncode == 0
     assert name not in run("ps", "-a").stdout
 
