@@ -1,6 +1,22 @@
-"""Sizes as Docker prints them (its github.com/docker/go-units package): decimal units for
-disks, images and networks (``HumanSize``: 1.24MB, 2.048kB, 0B), binary ones for memory
-(``BytesSize``: 1.5MiB)."""
+"""Sizes as Docker counts and prints them (printing: its github.com/docker/go-units
+package): decimal units for disks, images and networks (``HumanSize``: 1.24MB, 2.048kB,
+0B), binary ones for memory (``BytesSize``: 1.5MiB)."""
+
+import os
+
+
+def tree_size(top):
+    """The bytes of the files under ``top`` (regular files and symbolic links), as Docker
+    counts an image's SIZE (its layers unpacked, not their compressed blobs) and a volume's
+    in ``volume prune``. A file that goes away meanwhile counts nothing."""
+    total = 0
+    for dirpath, dirs, files in os.walk(top):
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total
 
 
 def human_size(n, digits=3):

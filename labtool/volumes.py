@@ -22,7 +22,7 @@ import re
 import shutil
 from dataclasses import dataclass, field
 
-from labtool import paths
+from labtool import paths, units
 from labtool.errors import LabtoolError, UsageError
 
 DRIVER = "local"
@@ -150,21 +150,10 @@ def prune(everything=False):
     removed, freed = [], 0
     for volume in all_volumes():
         if (everything or volume.anonymous) and not users(volume.name):
-            freed += disk_usage(volume.data)      # the data, not our own volume.json
+            freed += units.tree_size(volume.data)      # the data, not our own volume.json
             shutil.rmtree(volume.path)
             removed.append(volume.name)
     return removed, freed
-
-
-def disk_usage(path):
-    total = 0
-    for dirpath, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-            except OSError:
-                pass
-    return total
 
 
 def is_empty(volume):

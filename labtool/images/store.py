@@ -21,7 +21,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from labtool import paths
+from labtool import paths, units
 
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -243,32 +243,21 @@ def _collect(in_use_manifests, shutil):
             if name.split(".")[0] in keep_layers or name.startswith("."):
                 continue
             if os.path.isdir(path):
-                freed += tree_size(path)
+                freed += units.tree_size(path)
                 shutil.rmtree(path)
             else:
                 os.unlink(path)                 # a layer's remembered size
     return freed
 
 
-def tree_size(top):
-    """The bytes of the files under ``top`` (regular files and symbolic links), like the
-    SIZE docker shows: what the layer holds unpacked, not its compressed blob."""
-    total = 0
-    for dirpath, dirs, files in os.walk(top):
-        for name in files + [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]:
-            st = os.lstat(os.path.join(dirpath, name))
-            total += st.st_size
-    return total
-
-
 def layer_size(layer_dir):
-    """``tree_size`` of an unpacked layer, remembered next to it (layers never change)."""
+    """``units.tree_size`` of an unpacked layer, remembered next to it (layers never change)."""
     note = layer_dir + ".size"
     try:
         with open(note) as f:
             return int(f.read())
     except (OSError, ValueError):
-        size = tree_size(layer_dir) if os.path.isdir(layer_dir) else 0
+        size = units.tree_size(layer_dir) if os.path.isdir(layer_dir) else 0
     try:
         with open(note, "w") as f:
             f.write(str(size))
