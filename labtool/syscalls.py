@@ -42,7 +42,6 @@ MNT_DETACH = 2                # umount2: lazy unmount, detach now, clean up when
 
 # --- prctl options (man 2 prctl) ---------------------------------------------------------
 PR_SET_PDEATHSIG = 1
-PR_CAPBSET_READ = 23
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47

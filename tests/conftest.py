@@ -184,10 +184,10 @@ def _table_frame(line):
 def _another_roots_chain(line):
     """True for a line about another labtool root's chains (``LABTOOL-<tag>-...``): the rules of
     another test run or a lecturer's labtool come and go with their own containers."""
-    from labtool.network import publish
+    from labtool.network import naming, publish
 
     tags = {publish.chain_tag(m.group(0)) for m in publish.CHAIN_RE.finditer(line)}
-    return bool(tags) and publish.root_tag() not in tags and not tags & PRIVATE_TAGS
+    return bool(tags) and naming.root_tag6() not in tags and not tags & PRIVATE_TAGS
 
 
 def _foreign_processes():

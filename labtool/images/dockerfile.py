@@ -27,8 +27,6 @@ from labtool.errors import LabtoolError
 
 INSTRUCTIONS = ("FROM", "RUN", "CMD", "LABEL", "MAINTAINER", "EXPOSE", "ENV", "ADD", "COPY", "ENTRYPOINT",
                 "VOLUME", "USER", "WORKDIR", "ARG", "ONBUILD", "STOPSIGNAL", "HEALTHCHECK", "SHELL")
-# instructions whose words are expanded with the values of ENV and ARG
-EXPANDED = ("ADD", "COPY", "ENV", "EXPOSE", "FROM", "LABEL", "STOPSIGNAL", "USER", "VOLUME", "WORKDIR", "ARG")
 # the --flags each instruction accepts
 FLAGS = {"COPY": ("from", "chown", "chmod"), "ADD": ("chown", "chmod"), "FROM": ("platform",)}
 

@@ -51,8 +51,8 @@ What was measured here, and decided from it (a throw-away netns with its own bri
 
 API (every function runs as root; the caller is a plain process, never a Jupyter kernel)
 ---
-``root_tag() -> str``                 "" for /var/lib/labtool, else 6 hex digits of the root
-``chain(kind) -> str``                "LABTOOL[-tag]-" + kind, kind in DNAT POST FWD ICC ISO
+``chain(kind) -> str``                "LABTOOL[-tag]-" + kind, kind in DNAT POST FWD ICC ISO (tag:
+    ``naming.root_tag6()``, "" for /var/lib/labtool, else 6 hex digits of the root)
 ``chain_tag(name) -> str | None``     the root tag a chain name belongs to (None: not labtool's)
 ``ensure_chains()``                   create this root's chains and jumps (idempotent)
 ``add_bridge(bridge, subnet, icc=True)``   a bridge's own rules and settings (route_localnet,
@@ -85,18 +85,12 @@ from labtool.network import ports as portlib
 KINDS = ("DNAT", "POST", "FWD", "ICC", "ISO")
 TABLE = {"DNAT": "nat", "POST": "nat", "FWD": "filter", "ICC": "filter", "ISO": "filter"}
 CHAIN_RE = re.compile(r"\bLABTOOL(?:-([0-9a-f]{6}))?-(DNAT|POST|FWD|ICC|ISO)\b")
-DEFAULT_ROOT = "/var/lib/labtool"
 
 
 # --- names -------------------------------------------------------------------------------------
 
-def root_tag():
-    """A short tag for this labtool root: "" for the default one, else 6 hex digits of its path."""
-    return naming.root_tag6()
-
-
 def chain(kind):
-    tag = root_tag()
+    tag = naming.root_tag6()
     return f"LABTOOL-{tag}-{kind}" if tag else f"LABTOOL-{kind}"
 
 
@@ -224,7 +218,7 @@ def listed():
     for table in ("nat", "filter"):
         out = subprocess.run(["iptables-save", "-t", table], capture_output=True, text=True).stdout
         for line in out.splitlines():
-            if any(chain_tag(m.group(0)) == root_tag() for m in CHAIN_RE.finditer(line)):
+            if any(chain_tag(m.group(0)) == naming.root_tag6() for m in CHAIN_RE.finditer(line)):
                 found.append(f"{table}: " + line.split(" [")[0])
     return found
 
